@@ -1,0 +1,49 @@
+"""Suite-wide pytest set-up: markers, the GPU gate, and the path to ``../shared``."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+SHARED = Path(os.environ.get("YOLOV9_QAT_SHARED", ROOT.parent / "shared"))
+
+
+def _gpu_skip_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return "PyTorch is not installed"
+    if not torch.cuda.is_available():
+        return "needs a CUDA device (none here); run `pytest -m gpu` on a machine with an NVIDIA GPU"
+    if importlib.util.find_spec("tensorrt") is None:
+        return 'needs TensorRT (not installed); `pip install "yolov9-qat[gpu]"` on the GPU machine'
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [it.nodeid for it in items if not ({"cpu", "gpu"} & {m.name for m in it.iter_markers()})]
+    if unmarked:
+        raise pytest.UsageError(f"every test must be marked cpu or gpu; unmarked: {', '.join(unmarked[:5])}")
+    reason = None
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            reason = reason or _gpu_skip_reason()
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` (the seed record, official checkpoints, reference tables)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is missing (CI lays shared/ beside the checkout; set YOLOV9_QAT_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def official_dir(shared_dir: Path) -> Path:
+    return shared_dir / "fixtures" / "official"

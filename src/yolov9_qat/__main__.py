@@ -1,0 +1,3 @@
+from yolov9_qat.cli import main
+
+raise SystemExit(main())
