@@ -54,6 +54,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from yolov9_qat.data.coco import prepare_coco
+
+    if args.dataset != "coco":
+        raise UserError(f"unknown data set {args.dataset!r}; known: coco")
+    data_yaml = prepare_coco(args.dir, source=args.source, splits=args.splits, images=not args.no_images)
+    print(f"COCO ready: {data_yaml}")
+    return 0
+
+
 # --- reparameterize ------------------------------------------------------------------------------
 def cmd_reparameterize(args: argparse.Namespace) -> int:
     from yolov9_qat.models.checkpoint import load, save
@@ -95,6 +105,64 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- train -----------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from yolov9_qat.train.trainer import Trainer, TrainOptions
+
+    known = {f.name for f in fields(TrainOptions)}
+    opt = TrainOptions(**{k: v for k, v in vars(args).items() if k in known})
+    opt.progress = not args.no_progress
+    summary = Trainer(opt).run()
+    if summary:
+        best = summary.get("best") or {}
+        print(
+            f"trained {summary['epochs_run']} epoch(s) in {summary['wall_s']:.0f} s "
+            f"({summary['images_per_s']:.1f} images/s): best AP {best.get('AP', float('nan')):.4f} "
+            f"AP50 {best.get('AP50', float('nan')):.4f} -> {summary['weights']}"
+        )
+        _json_out(args, summary)
+    return 0
+
+
+# --- val -------------------------------------------------------------------------------------------
+def cmd_val(args: argparse.Namespace) -> int:
+    from yolov9_qat.data.config import load_data_yaml
+    from yolov9_qat.eval.evaluator import Evaluator, format_metrics, torch_predictor
+    from yolov9_qat.utils.runs import run_dir, select_device
+
+    data = load_data_yaml(args.data)
+    if args.backend != "torch":
+        raise UserError(f"--backend {args.backend} is not available yet; use --backend torch")
+    from yolov9_qat.models.checkpoint import load
+
+    model = load(args.weights).model
+    if model.nc != len(data["names"]):
+        raise UserError(f"{args.weights} predicts {model.nc} classes, the data set has {len(data['names'])}")
+    device = select_device(args.device)
+    evaluator = Evaluator.for_data(
+        data, args.img, batch_size=args.batch_size, workers=args.workers, split=args.task,
+        conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det,
+    )  # fmt: skip
+    save_dir = run_dir(args.project, args.name, args.exist_ok)
+    result = evaluator.run(torch_predictor(model, device, half=args.half), plot_dir=save_dir)
+    result["weights"], result["backend"] = str(args.weights), args.backend
+    print(format_metrics(result, data["names"], per_class=args.verbose))
+    _json_out(args, result, save_dir / "metrics.json")
+    print(f"results: {save_dir / 'metrics.json'}")
+    return 0
+
+
+def _add_run_flags(p: argparse.ArgumentParser, task: str) -> None:
+    p.add_argument("--project", default=f"runs/{task}", help="runs folder")
+    p.add_argument("--name", default="exp", help="run name (runs/<task>/<name>)")
+    p.add_argument(
+        "--exist-ok", action="store_true", help="reuse runs/<task>/<name> instead of numbering a new one"
+    )
+    p.add_argument("--json-out", default=None, help="also write the figures as JSON here")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="yolov9-qat",
@@ -111,10 +179,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=300, help="number of validation images")
     p.add_argument("--imgsz", type=int, default=160, help="image side in pixels")
 
+    p = _command(sub, "data", "prepare a real data set (COCO: download or local archives -> YOLO labels)")(
+        cmd_data
+    )
+    p.add_argument("dataset", choices=["coco"], help="which data set")
+    p.add_argument("--dir", required=True, help="target folder (gets coco.yaml)")
+    p.add_argument(
+        "--from", dest="source", default=None, help="base URL or local folder holding the archives"
+    )
+    p.add_argument("--splits", default="train2017,val2017", help="comma-separated splits")
+    p.add_argument("--no-images", action="store_true", help="annotations and labels only")
+
     p = _command(sub, "reparameterize", "YOLOv9 (dual head) -> GELAN converted model")(cmd_reparameterize)
     p.add_argument("--weights", required=True, help="YOLOv9 checkpoint (upstream or yolov9-qat)")
     p.add_argument("--cfg", required=True, help="GELAN config name (gelan-c) or YAML path")
     p.add_argument("--out", default="", help="output checkpoint (default: <weights>-converted.pt)")
+
+    p = _command(sub, "train", "train a YOLOv9 / GELAN model (also under torchrun)")(cmd_train)
+    p.add_argument("--data", required=True, help="data.yaml")
+    p.add_argument(
+        "--cfg", default="", help="model config name or YAML (from scratch, or to fine-tune --weights onto)"
+    )
+    p.add_argument("--weights", default="", help="initial weights; '' trains from scratch")
+    p.add_argument("--hyp", default="hyp.scratch-high", help="hyper-parameter YAML (name or path)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", "--batch", type=int, default=16, help="total batch size (all processes)")
+    p.add_argument("--img", "--imgsz", "--img-size", type=int, default=640, help="training image size")
+    p.add_argument("--device", default="", help="cpu, 0 or 0,1 (default: GPU 0 if there is one)")
+    p.add_argument("--workers", type=int, default=8, help="data-loader processes per training process")
+    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD")
+    p.add_argument("--close-mosaic", type=int, default=15, help="turn mosaic off for the last N epochs")
+    p.add_argument("--patience", type=int, default=100, help="early stop after N epochs without improvement")
+    p.add_argument("--min-items", type=int, default=0, help="skip training images with fewer labels")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm in multi-GPU training")
+    p.add_argument(
+        "--resume", nargs="?", const="runs/train/exp", default="", help="resume a run (folder or last.pt)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--activation", default=None, help="SiLU, ReLU, FReLU, Mish or AconC (overrides the config)"
+    )
+    p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule")
+    p.add_argument("--flat-cos-lr", action="store_true", help="flat, then cosine LR schedule")
+    p.add_argument("--fixed-lr", action="store_true", help="constant LR")
+    p.add_argument("--cache", action="store_true", help="keep decoded images in RAM")
+    p.add_argument("--noval", action="store_true", help="evaluate the final epoch only")
+    p.add_argument("--nosave", action="store_true", help="save the final checkpoint only")
+    p.add_argument("--noplots", action="store_true", help="no plots")
+    p.add_argument("--save-period", type=int, default=-1, help="also save every N epochs")
+    p.add_argument("--stop-after", type=int, default=0, help="stop this call after N epochs (resumable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    _add_run_flags(p, "train")
+
+    p = _command(sub, "val", "evaluate: AP, AP50, precision, recall")(cmd_val)
+    p.add_argument("--weights", required=True, help="checkpoint (or ONNX / engine with --backend)")
+    p.add_argument("--data", required=True, help="data.yaml")
+    p.add_argument("--img", "--imgsz", "--img-size", type=int, default=640)
+    p.add_argument("--batch-size", "--batch", type=int, default=32)
+    p.add_argument("--backend", choices=["torch", "onnxruntime", "tensorrt"], default="torch")
+    p.add_argument("--device", default="")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--task", choices=["val", "train", "test"], default="val", help="which split")
+    p.add_argument("--conf-thres", type=float, default=0.001)
+    p.add_argument("--iou-thres", type=float, default=0.7)
+    p.add_argument("--max-det", type=int, default=300)
+    p.add_argument("--half", action="store_true", help="FP16 inference (CUDA)")
+    p.add_argument("--verbose", action="store_true", help="per-class table")
+    _add_run_flags(p, "val")
 
     p = _command(sub, "info", "model summary: layers, parameters, activation")(cmd_info)
     src = p.add_mutually_exclusive_group(required=True)

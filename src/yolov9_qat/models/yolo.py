@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import copy
-import difflib
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
+from yolov9_qat import cfg
 from yolov9_qat.errors import ConfigError
 from yolov9_qat.models import blocks
 from yolov9_qat.models.activations import canonical_activation, use_activation
@@ -44,32 +42,16 @@ _HEADS = {"DDetect", "DualDDetect"}
 
 def shipped_configs() -> list[str]:
     """Names of the model configs shipped with the package (``gelan-c``, ``yolov9-t`` ...)."""
-    folder = resources.files("yolov9_qat") / "cfg" / "models"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    return cfg.shipped("models")
 
 
-def load_model_cfg(cfg: str | Path | dict) -> dict[str, Any]:
-    """A model config as a dict, from a dict, a YAML path, or a shipped config's name.
-
-    Like upstream, ``models/detect/gelan-c.yaml`` resolves to the shipped ``gelan-c`` when no such
-    file exists.
-    """
-    if isinstance(cfg, dict):
-        return copy.deepcopy(cfg)
-    path = Path(cfg)
-    if not path.is_file():
-        name = path.name.removesuffix(".yaml")
-        known = shipped_configs()
-        if name not in known:
-            hint = difflib.get_close_matches(name, known, n=1)
-            extra = f" (did you mean {hint[0]}?)" if hint else ""
-            raise ConfigError(f"model config {str(cfg)!r} not found{extra}; known: {', '.join(known)}")
-        path = Path(str(resources.files("yolov9_qat") / "cfg" / "models" / f"{name}.yaml"))
-    try:
-        d = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"model config {path} is not valid YAML: {e}".splitlines()[0]) from None
-    if not isinstance(d, dict) or "backbone" not in d or "head" not in d:
+def load_model_cfg(model_cfg: str | Path | dict) -> dict[str, Any]:
+    """A model config as a dict, from a dict, a YAML path, or a shipped config's name."""
+    if isinstance(model_cfg, dict):
+        return copy.deepcopy(model_cfg)
+    path = cfg.resolve("models", model_cfg)
+    d = cfg.load_yaml("models", path)
+    if "backbone" not in d or "head" not in d:
         raise ConfigError(f"model config {path} has no 'backbone' and 'head' sections")
     d.setdefault("cfg_name", path.name.removesuffix(".yaml"))
     return d

@@ -1,0 +1,190 @@
+"""Backend-agnostic evaluation: a ``predict`` function, a validation set, pycocotools' AP.
+
+Any backend plugs in as ``predict(images) -> predictions``: ``images`` is a float tensor (B, 3, H, W)
+in [0, 1]; predictions are the detector's decoded output (B, 4 + nc, A) — a torch tensor or a numpy
+array. NMS uses upstream's validation defaults (conf 0.001, IoU 0.7, 300 detections).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from yolov9_qat.errors import DataError
+from yolov9_qat.eval.metrics import MetricAccumulator, plot_pr_curve
+from yolov9_qat.eval.nms import non_max_suppression, scale_boxes
+from yolov9_qat.utils.boxes import xywh2xyxy
+
+log = logging.getLogger("yolov9_qat.eval")
+
+Predict = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
+
+
+def torch_predictor(
+    model: torch.nn.Module, device: torch.device | str = "cpu", half: bool = False
+) -> Predict:
+    """``predict`` for a PyTorch model (float or fake-quantized) in eval mode."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    if half:
+        model.half()
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            x = images.to(device, non_blocking=True)
+            return model(x.half() if half else x).float()
+
+    return predict
+
+
+def _load_gt(data: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, int]]:
+    """The data set's COCO-format ground truth (``coco_json`` in data.yaml) and file-name -> id."""
+    path = data.get("coco_json")
+    if not path:
+        return None, {}
+    path = Path(path)
+    if not path.is_absolute():
+        path = Path(data.get("path", ".")) / path
+    if not path.is_file():
+        raise DataError(f"coco_json {path} named in the data set's YAML does not exist")
+    gt = json.loads(path.read_text())
+    ids: dict[str, int] = {}
+    for im in gt.get("images", []):
+        name = Path(im["file_name"]).name
+        ids[name] = im["id"]
+        ids.setdefault(Path(name).stem, im["id"])
+    return gt, ids
+
+
+class Evaluator:
+    """Runs validation for one data set; reusable across models and backends.
+
+    Args:
+        data: a loaded data set description (:func:`yolov9_qat.data.config.load_data_yaml`).
+        loader: the validation DataLoader (letterboxed, no augmentation).
+    """
+
+    def __init__(
+        self,
+        data: dict[str, Any],
+        loader: torch.utils.data.DataLoader,
+        conf_thres: float = 0.001,
+        iou_thres: float = 0.7,
+        max_det: int = 300,
+    ) -> None:
+        self.data = data
+        self.loader = loader
+        self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
+        self.names = list(data["names"])
+        self.gt, self._ids = _load_gt(data)
+        self.class_map = data.get("category_ids")
+
+    @classmethod
+    def for_data(
+        cls,
+        data: dict[str, Any],
+        imgsz: int,
+        batch_size: int = 32,
+        workers: int = 2,
+        split: str = "val",
+        cache_images: bool = False,
+        **kw: Any,
+    ) -> Evaluator:
+        from yolov9_qat.data.dataset import create_dataloader
+
+        if not data.get(split):
+            raise DataError(f"the data set has no {split!r} split")
+        loader, _ = create_dataloader(
+            data[split],
+            imgsz=imgsz,
+            batch_size=batch_size,
+            stride=32,
+            augment=False,
+            workers=workers,
+            shuffle=False,
+            cache_images=cache_images,
+            prefix=f"{split}: ",
+        )
+        return cls(data, loader, **kw)
+
+    def _image_id(self, path: str, fallback: int) -> int:
+        if not self._ids:
+            return fallback
+        name = Path(path).name
+        if name in self._ids:
+            return self._ids[name]
+        if Path(name).stem in self._ids:
+            return self._ids[Path(name).stem]
+        raise DataError(f"image {name} is not in the data set's coco_json")
+
+    def run(
+        self,
+        predict: Predict,
+        progress: bool = True,
+        desc: str = "val",
+        plot_dir: str | Path | None = None,
+    ) -> dict[str, Any]:
+        """Evaluate; returns ``AP``, ``AP50``, ``precision``, ``recall``, ``per_class``, ``speed_ms`` ..."""
+        acc = MetricAccumulator(class_map=self.class_map, nc=len(self.names))
+        t_pred = t_nms = 0.0
+        n_seen = 0
+        for imgs, targets, paths, shapes in tqdm(self.loader, desc=desc, disable=not progress, leave=False):
+            b, _, h, w = imgs.shape
+            x = imgs.float() / 255
+            t0 = time.perf_counter()
+            pred = predict(x)
+            t1 = time.perf_counter()
+            pred = torch.as_tensor(pred).float().cpu()
+            dets = non_max_suppression(pred, self.conf_thres, self.iou_thres, max_det=self.max_det)
+            t_nms += time.perf_counter() - t1
+            t_pred += t1 - t0
+            targets = targets.cpu()
+            for si in range(b):
+                (h0, w0), ratio_pad = shapes[si]
+                det = dets[si]
+                if len(det):
+                    det = det.clone()
+                    det[:, :4] = torch.as_tensor(scale_boxes((h, w), det[:, :4], (h0, w0), ratio_pad))
+                t = targets[targets[:, 0] == si]
+                boxes = xywh2xyxy(t[:, 2:6] * torch.tensor([w, h, w, h]))
+                boxes = torch.as_tensor(scale_boxes((h, w), boxes, (h0, w0), ratio_pad)).reshape(-1, 4)
+                labels = torch.cat((t[:, 1:2], boxes), 1)
+                acc.update(self._image_id(paths[si], n_seen), det, labels, image_shape=(h0, w0))
+                n_seen += 1
+        if n_seen == 0:
+            raise DataError("the validation set is empty")
+        result = acc.compute(self.gt)
+        result["speed_ms"] = {"inference": 1e3 * t_pred / n_seen, "nms": 1e3 * t_nms / n_seen}
+        if plot_dir is not None and acc.pr_result is not None:
+            plot_pr_curve(acc.pr_result, self.names, Path(plot_dir) / "PR_curve.png")
+        return result
+
+
+def format_metrics(result: dict[str, Any], names: list[str] | None = None, per_class: bool = False) -> str:
+    """The upstream-style table: all classes, then optionally one row per class."""
+    lines = [f"{'Class':>16}{'Images':>10}{'Instances':>11}{'P':>9}{'R':>9}{'AP50':>9}{'AP':>9}"]
+    row = "{:>16}{:>10}{:>11}{:>9.4f}{:>9.4f}{:>9.4f}{:>9.4f}"
+    lines.append(
+        row.format(
+            "all",
+            result.get("n_images", 0),
+            result.get("n_instances", 0),
+            result["precision"],
+            result["recall"],
+            result["AP50"],
+            result["AP"],
+        )
+    )
+    if per_class:
+        for c, r in sorted(result.get("per_class", {}).items(), key=lambda kv: int(kv[0])):
+            name = names[int(c)] if names and int(c) < len(names) else str(c)
+            lines.append(row.format(name, r["images"], r["instances"], r["P"], r["R"], r["AP50"], r["AP"]))
+    return "\n".join(lines)
