@@ -710,16 +710,22 @@ class YoloDataset(Dataset):
                 parts.append(np.concatenate((lab[:, :1], boxes), 1))
         labels = np.concatenate(parts, 0) if parts else np.zeros((0, 5), np.float32)
         np.clip(labels[:, 1:5], 0, 2 * s, out=labels[:, 1:5])
+        return self._perspective(canvas, labels, rng, border=(-(s // 2), -(s // 2)))
+
+    def _perspective(
+        self, img: np.ndarray, labels: np.ndarray, rng: np.random.Generator, border: tuple[int, int] = (0, 0)
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Random affine / perspective with this data set's hyper-parameters."""
         hyp = self.hyp
         return random_perspective(
-            canvas,
+            img,
             labels,
             degrees=hyp["degrees"],
             translate=hyp["translate"],
             scale=hyp["scale"],
             shear=hyp["shear"],
             perspective=hyp["perspective"],
-            border=(-(s // 2), -(s // 2)),
+            border=border,
             rng=rng,
         )
 
@@ -773,16 +779,7 @@ class YoloDataset(Dataset):
             boxes = xywhn2xyxy(lab[:, 1:5], w * rw, h * rh, padw, padh)
             labels = np.concatenate((lab[:, :1], boxes), 1)
             if rng is not None:
-                img, labels = random_perspective(
-                    img,
-                    labels,
-                    degrees=hyp["degrees"],
-                    translate=hyp["translate"],
-                    scale=hyp["scale"],
-                    shear=hyp["shear"],
-                    perspective=hyp["perspective"],
-                    rng=rng,
-                )
+                img, labels = self._perspective(img, labels, rng)
 
         out_h, out_w = img.shape[:2]
         if len(labels):

@@ -149,7 +149,18 @@ class RepNCSP(nn.Module):
         return self.cv3(torch.cat((self.m(self.cv1(x)), self.cv2(x)), 1))
 
 
-class RepNCSPELAN4(nn.Module):
+class _SplitChainConcat(nn.Module):
+    """ELAN pattern: ``cv1`` then split in two; ``cv2``, ``cv3`` chained on the second half; all four
+    concatenated and mixed by ``cv4``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = list(self.cv1(x).chunk(2, 1))
+        y.append(self.cv2(y[-1]))
+        y.append(self.cv3(y[-1]))
+        return self.cv4(torch.cat(y, 1))
+
+
+class RepNCSPELAN4(_SplitChainConcat):
     """GELAN's main block: split, two chained RepNCSP+Conv stages, concatenate all four, mix."""
 
     def __init__(self, c1, c2, c3, c4, c5=1) -> None:
@@ -160,14 +171,8 @@ class RepNCSPELAN4(nn.Module):
         self.cv3 = nn.Sequential(RepNCSP(c4, c4, c5), Conv(c4, c4, 3, 1))
         self.cv4 = Conv(c3 + (2 * c4), c2, 1, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = list(self.cv1(x).chunk(2, 1))
-        y.append(self.cv2(y[-1]))
-        y.append(self.cv3(y[-1]))
-        return self.cv4(torch.cat(y, 1))
 
-
-class ELAN1(nn.Module):
+class ELAN1(_SplitChainConcat):
     """The light ELAN block of the t/s models: like RepNCSPELAN4 with plain 3x3 convs."""
 
     def __init__(self, c1, c2, c3, c4) -> None:
@@ -177,12 +182,6 @@ class ELAN1(nn.Module):
         self.cv2 = Conv(c3 // 2, c4, 3, 1)
         self.cv3 = Conv(c4, c4, 3, 1)
         self.cv4 = Conv(c3 + (2 * c4), c2, 1, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = list(self.cv1(x).chunk(2, 1))
-        y.append(self.cv2(y[-1]))
-        y.append(self.cv3(y[-1]))
-        return self.cv4(torch.cat(y, 1))
 
 
 def _smooth_pool(x: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from yolov9_qat.utils.runs import run_dir, select_device
 
 log = logging.getLogger("yolov9_qat.train")
 
-NBS = 64  # nominal batch size
+NBS = 64  # nominal batch size (upstream's; a hyp file may set ``nbs``)
 
 
 @dataclass
@@ -216,9 +216,10 @@ class Trainer:
             raise UserError(
                 f"--batch-size {opt.batch_size} is smaller than the number of processes ({self.world})"
             )
-        accumulate = max(round(NBS / opt.batch_size), 1)
+        nbs = int(hyp.get("nbs", NBS))
+        accumulate = max(round(nbs / opt.batch_size), 1)
         hyp = dict(hyp)
-        hyp["weight_decay"] = hyp["weight_decay"] * opt.batch_size * accumulate / NBS
+        hyp["weight_decay"] = hyp["weight_decay"] * opt.batch_size * accumulate / nbs
         optimizer = build_optimizer(model, opt.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
         kind = (
             "cos" if opt.cos_lr else "flat_cos" if opt.flat_cos_lr else "fixed" if opt.fixed_lr else "linear"
@@ -320,7 +321,7 @@ class Trainer:
                 imgs = imgs.to(device, non_blocking=True).float() / 255
                 if ni <= nw:
                     xi = [0, nw]
-                    accumulate = max(1, int(np.interp(ni, xi, [1, NBS / opt.batch_size]).round()))
+                    accumulate = max(1, int(np.interp(ni, xi, [1, nbs / opt.batch_size]).round()))
                     for j, g in enumerate(optimizer.param_groups):
                         start = hyp["warmup_bias_lr"] if j == 0 else 0.0
                         g["lr"] = float(np.interp(ni, xi, [start, g["initial_lr"] * lf(epoch)]))
@@ -402,7 +403,7 @@ class Trainer:
                     train_state = {
                         "epoch": epoch,
                         "opt": {k: v for k, v in asdict(opt).items() if k != "extra"},
-                        "hyp": hyp_orig(hyp, opt.batch_size, accumulate),
+                        "hyp": hyp_orig(hyp, opt.batch_size, accumulate, nbs),
                         "save_dir": str(save_dir),
                         "optimizer": optimizer.state_dict(),
                         "model_state": {
@@ -456,10 +457,10 @@ class Trainer:
         return summary
 
 
-def hyp_orig(hyp: dict[str, Any], batch_size: int, accumulate: int) -> dict[str, Any]:
+def hyp_orig(hyp: dict[str, Any], batch_size: int, accumulate: int, nbs: int) -> dict[str, Any]:
     """The hyper-parameters as given (weight decay before its batch-size scaling)."""
     h = dict(hyp)
-    h["weight_decay"] = hyp["weight_decay"] * NBS / (batch_size * accumulate)
+    h["weight_decay"] = hyp["weight_decay"] * nbs / (batch_size * accumulate)
     return h
 
 
