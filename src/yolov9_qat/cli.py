@@ -154,6 +154,72 @@ def cmd_val(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- quantize / eval / sensitive ------------------------------------------------------------------
+def _skip_layers(text: str) -> list[int]:
+    """``--skip-layers 3,7`` or a ``sensitivity.json`` from ``sensitive`` (its top rows by gain)."""
+    if not text:
+        return []
+    path = Path(text)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise UserError(f"--skip-layers {text}: no such file")
+        rows = json.loads(path.read_text())
+        rows = rows.get("layers", rows) if isinstance(rows, dict) else rows
+        return [int(r["layer"]) for r in rows if float(r.get("gain", 0)) > 0][:3]
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(
+            f"--skip-layers {text!r}: give layer indices like 3,7 or a sensitivity.json"
+        ) from None
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from yolov9_qat.quant.pipeline import quantize
+
+    summary = quantize(
+        args.weights, args.data, hyp=args.hyp, img=args.img, batch_size=args.batch_size, device=args.device,
+        iters=args.iters, epochs=args.epochs, seed=args.seed, supervision_stride=args.supervision_stride,
+        eval_origin=not args.no_eval_origin, eval_ptq=not args.no_eval_ptq, calib_method=args.calib_method,
+        calib_batches=args.calib_batches, skip_layers=_skip_layers(args.skip_layers), project=args.project,
+        name=args.name, exist_ok=args.exist_ok, activation=args.activation, lr=args.lr, workers=args.workers,
+        progress=not args.no_progress,
+    )  # fmt: skip
+    _json_out(args, summary)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from yolov9_qat.eval.evaluator import format_metrics
+    from yolov9_qat.quant.pipeline import evaluate_qat
+
+    result = evaluate_qat(
+        args.weights,
+        args.data,
+        img=args.img,
+        batch_size=args.batch_size,
+        device=args.device,
+        workers=args.workers,
+    )
+    print(format_metrics(result))
+    _json_out(args, result)
+    return 0
+
+
+def cmd_sensitive(args: argparse.Namespace) -> int:
+    from yolov9_qat.quant.pipeline import sensitive
+    from yolov9_qat.quant.sensitivity import format_table
+
+    rows = sensitive(
+        args.weights, args.data, hyp=args.hyp, img=args.img, batch_size=args.batch_size, device=args.device,
+        calib_method=args.calib_method, calib_batches=args.calib_batches, project=args.project, name=args.name,
+        exist_ok=args.exist_ok, workers=args.workers,
+    )  # fmt: skip
+    print(format_table(rows))
+    _json_out(args, rows)
+    return 0
+
+
 def _add_run_flags(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument("--project", default=f"runs/{task}", help="runs folder")
     p.add_argument("--name", default="exp", help="run name (runs/<task>/<name>)")
@@ -247,6 +313,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--half", action="store_true", help="FP16 inference (CUDA)")
     p.add_argument("--verbose", action="store_true", help="per-class table")
     _add_run_flags(p, "val")
+
+    p = _command(sub, "quantize", "Q/DQ placement, calibration (PTQ) and QAT fine-tuning")(cmd_quantize)
+    p.add_argument("--weights", required=True, help="converted (GELAN) checkpoint; a YOLOv9 one is converted")
+    p.add_argument("--data", required=True, help="data.yaml")
+    p.add_argument("--hyp", default="hyp.scratch-high", help="hyper-parameter YAML (augmentation off in QAT)")
+    p.add_argument("--img", "--imgsz", type=int, default=640)
+    p.add_argument("--batch-size", "--batch", type=int, default=10)
+    p.add_argument("--device", default="")
+    p.add_argument("--iters", type=int, default=200, help="QAT iterations per epoch")
+    p.add_argument("--epochs", type=int, default=10, help="QAT epochs (0: PTQ only)")
+    p.add_argument("--seed", type=int, default=57)
+    p.add_argument("--supervision-stride", type=int, default=1, help="supervise every N-th layer's output")
+    p.add_argument("--no-eval-origin", action="store_true", help="skip the float model's evaluation")
+    p.add_argument("--no-eval-ptq", action="store_true", help="skip the PTQ evaluation")
+    p.add_argument("--calib-method", choices=["mse", "percentile", "entropy", "max"], default="percentile")
+    p.add_argument("--calib-batches", type=int, default=25)
+    p.add_argument("--skip-layers", default="", help="layers kept in float: 3,7 or a sensitivity.json")
+    p.add_argument("--activation", default=None, help="expected activation (checked against the checkpoint)")
+    p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+    _add_run_flags(p, "qat")
+
+    p = _command(sub, "eval", "evaluate a QAT checkpoint in PyTorch (fake INT8)")(cmd_eval)
+    p.add_argument("--weights", required=True, help="qat_best_<stem>.pt")
+    p.add_argument("--data", required=True)
+    p.add_argument("--img", "--imgsz", type=int, default=640)
+    p.add_argument("--batch-size", "--batch", type=int, default=10)
+    p.add_argument("--device", default="")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json-out", default=None)
+    p.add_argument("--name", default="exp", help=argparse.SUPPRESS)
+
+    p = _command(sub, "sensitive", "per-layer quantization sensitivity (AP with one layer in float)")(
+        cmd_sensitive
+    )
+    p.add_argument("--weights", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--hyp", default="hyp.scratch-high")
+    p.add_argument("--img", "--imgsz", type=int, default=640)
+    p.add_argument("--batch-size", "--batch", type=int, default=10)
+    p.add_argument("--device", default="")
+    p.add_argument("--calib-method", choices=["mse", "percentile", "entropy", "max"], default="percentile")
+    p.add_argument("--calib-batches", type=int, default=25)
+    p.add_argument("--workers", type=int, default=2)
+    _add_run_flags(p, "qat_sensitive")
 
     p = _command(sub, "info", "model summary: layers, parameters, activation")(cmd_info)
     src = p.add_mutually_exclusive_group(required=True)

@@ -168,8 +168,9 @@ def test_classes_and_sizes_cover_the_range(dataset: Path) -> None:
     rows = np.concatenate(_all_labels(dataset.parent))
     assert len(np.unique(rows[:, 0])) >= 8
     side = np.maximum(rows[:, 3], rows[:, 4]) * IMGSZ
-    assert side.min() < 12, "no small objects"
-    assert side.max() > 50, "no large objects"
+    cfg = synth.DEFAULT_CONFIG
+    assert side.min() < 1.5 * cfg.min_size_frac * IMGSZ, "no small objects"
+    assert side.max() > 0.6 * cfg.max_size_frac * IMGSZ, "no large objects"
 
 
 @pytest.mark.cpu

@@ -70,12 +70,12 @@ _TEXTURES = ("solid", "gradient", "stripes", "speckle")
 class SynthConfig:
     """Difficulty knobs of the generator (sizes are fractions of the image side)."""
 
-    min_size_frac: float = 0.04
+    min_size_frac: float = 0.1
     """Smallest object diameter (circumscribed circle) as a fraction of the image side."""
     max_size_frac: float = 0.5
     """Largest object diameter as a fraction of the image side; sizes are log-uniform in between."""
     min_objects: int = 1
-    max_objects: int = 8
+    max_objects: int = 6
     """Objects per (non-empty) image are uniform in ``[min_objects, max_objects]``."""
     empty_prob: float = 0.03
     """Probability that an image holds no object at all."""
@@ -83,9 +83,9 @@ class SynthConfig:
     """Largest allowed ``intersection / smaller box area`` between two objects' boxes at placement."""
     min_visible: float = 0.5
     """An object whose visible fraction (after later objects/distractors) is below this gets no label."""
-    clutter: float = 1.0
+    clutter: float = 0.6
     """Scale of the background clutter (soft blobs, faint lines, gratings); 0 gives plain gradients."""
-    distractor_prob: float = 0.5
+    distractor_prob: float = 0.35
     """Probability that an image holds distractors (irregular polygons, thick lines, arcs)."""
     max_distractors: int = 3
     noise_sigma: float = 6.0

@@ -363,8 +363,9 @@ class Trainer:
             if self.main:
                 metrics = None
                 if not opt.noval or final:
+                    plots = save_dir if final and not opt.noplots else None
                     metrics = evaluator.run(
-                        torch_predictor(ema.ema, device), progress=opt.progress, desc="val"
+                        torch_predictor(ema.ema, device), progress=opt.progress, desc="val", plot_dir=plots
                     )
                     fi = fitness(metrics)
                     if fi > best_fitness:

@@ -1,0 +1,102 @@
+"""Quantization benchmark: per activation, Origin vs PTQ (max), PTQ (mse) and QAT INT8 in PyTorch.
+
+For each activation (SiLU, ReLU, FReLU, Mish, AconC): train (or reuse) yolov9-n on the default
+synthetic set, let ``quantize`` reparameterize it onto gelan-n, and report the record's table
+(AP / AP50 / P / R) with the time each stage took. Targets: QAT AP >= Origin AP - 0.005 for every
+activation, QAT >= PTQ (max), quantize <= 2 minutes per model.
+
+    python benchmarks/bench_quant.py --activations SiLU,ReLU --json-out quant.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from yolov9_qat.data.synth import generate
+from yolov9_qat.models.activations import ACTIVATIONS
+from yolov9_qat.quant.pipeline import quantize
+from yolov9_qat.train.trainer import Trainer, TrainOptions
+
+KEYS = ("AP", "AP50", "precision", "recall")
+
+
+def train(act: str, data: str, args: argparse.Namespace) -> tuple[Path, float]:
+    weights = Path(args.cache_dir) / "runs" / f"yolov9-n-{act}" / "weights" / "best.pt"
+    if weights.is_file():
+        return weights, 0.0
+    t0 = time.perf_counter()
+    opt = TrainOptions(
+        data=data, cfg="yolov9-n", activation=act, hyp=args.hyp, optimizer=args.optimizer, epochs=args.epochs,
+        batch_size=16, img=args.img, device="cpu", workers=2, project=str(Path(args.cache_dir) / "runs"),
+        name=f"yolov9-n-{act}", exist_ok=True, close_mosaic=args.epochs, cache=True, noplots=True, progress=False,
+    )  # fmt: skip
+    Trainer(opt).run()
+    return weights, time.perf_counter() - t0
+
+
+def run(act: str, data: str, args: argparse.Namespace) -> dict:
+    weights, t_train = train(act, data, args)
+    out: dict = {"activation": act, "train_s": round(t_train, 1)}
+    common = dict(
+        data=data, img=args.img, batch_size=10, device="cpu", workers=2, progress=False, exist_ok=True,
+        project=str(Path(args.cache_dir) / "qat"), calib_batches=args.calib_batches,
+    )  # fmt: skip
+    for method in ("max", "mse"):
+        t0 = time.perf_counter()
+        s = quantize(weights, name=f"{act}-ptq-{method}", calib_method=method, epochs=0, **common)
+        out["origin"] = out.get("origin") or s["origin"]
+        out[f"ptq_{method}"] = {
+            **{k: s["ptq"][k] for k in KEYS},
+            "time_s": round(time.perf_counter() - t0, 1),
+        }
+    t0 = time.perf_counter()
+    s = quantize(
+        weights, name=f"{act}-qat", epochs=args.qat_epochs, iters=args.iters, eval_origin=False, **common
+    )
+    out["qat"] = {**{k: s["best"][k] for k in KEYS}, "time_s": round(time.perf_counter() - t0, 1)}
+    out["origin"] = {k: out["origin"][k] for k in KEYS}
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        lines += [f"\nActivation {r['activation']}\n", "| Eval Model | AP | AP50 | Precision | Recall | time (s) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for label, key in (("Origin (Pytorch)", "origin"), ("PTQ max (Pytorch)", "ptq_max"), ("PTQ mse (Pytorch)", "ptq_mse"), ("INT8 QAT (Pytorch)", "qat")):  # fmt: skip
+            m = r[key]
+            t = m.get("time_s", r["train_s"] if key == "origin" else "")
+            lines.append(
+                f"| {label} | {m['AP']:.4f} | {m['AP50']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} | {t} |"
+            )
+        ok = r["qat"]["AP"] >= r["origin"]["AP"] - 0.005 and r["qat"]["AP"] >= r["ptq_max"]["AP"]
+        lines.append(f"\nQAT AP - Origin AP: {r['qat']['AP'] - r['origin']['AP']:+.4f}; targets met: {ok}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--activations", default=",".join(ACTIVATIONS))
+    ap.add_argument("--cache-dir", default=".cache/bench-quant")
+    ap.add_argument("--hyp", default="hyp.cpu-record")
+    ap.add_argument("--optimizer", default="SGD")
+    ap.add_argument("--epochs", type=int, default=10, help="training epochs per activation")
+    ap.add_argument("--img", type=int, default=160)
+    ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--calib-batches", type=int, default=16)
+    ap.add_argument("--json-out", default="")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    data = str(generate(Path(args.cache_dir) / "synth", progress=False))
+    rows = [run(act, data, args) for act in args.activations.split(",")]
+    print(table(rows))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

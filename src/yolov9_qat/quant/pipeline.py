@@ -1,0 +1,326 @@
+"""The record's ``qat.py quantize`` / ``eval`` / ``sensitive``, as functions the CLI calls.
+
+``quantize``: load a checkpoint (a dual-head YOLOv9 one is reparameterized onto its GELAN config
+first), fuse it, evaluate it (Origin), insert quantizers and calibrate (PTQ, evaluated), fine-tune
+(QAT, evaluated every epoch) and write ``<project>/<name>/weights/qat_best_<stem>.pt``,
+``qat_last_<stem>.pt``, ``ptq_<stem>.pt`` and ``<project>/<name>/summary.json``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from yolov9_qat import cfg as cfgs
+from yolov9_qat.data.config import load_data_yaml
+from yolov9_qat.data.dataset import create_dataloader
+from yolov9_qat.errors import ConfigError, UserError
+from yolov9_qat.eval.evaluator import Evaluator, torch_predictor
+from yolov9_qat.models import checkpoint
+from yolov9_qat.models.reparam import reparameterize
+from yolov9_qat.models.yolo import DetectionModel, shipped_configs
+from yolov9_qat.quant.io import is_qat_checkpoint, load_qat, save_qat
+from yolov9_qat.quant.qat import METRIC_KEYS, qat_finetune
+from yolov9_qat.quant.quantize import DEFAULT_CALIB_METHOD, DEFAULT_PERCENTILE, calibrate, prepare_qat_model
+from yolov9_qat.quant.sensitivity import format_table, sensitivity
+from yolov9_qat.utils.files import atomic_write_json, atomic_write_text
+from yolov9_qat.utils.runs import run_dir, select_device
+
+log = logging.getLogger("yolov9_qat.quant")
+
+
+def gelan_cfg_for(model: DetectionModel) -> str:
+    """The shipped GELAN config a dual-head YOLOv9 model reparameterizes onto: its config name with
+    ``yolov9`` replaced by ``gelan`` (``yolov9-c`` -> ``gelan-c``)."""
+    name = model.cfg_name
+    gelan = name.replace("yolov9", "gelan")
+    if gelan == name or gelan not in shipped_configs():
+        raise UserError(
+            f"{name!r} is a dual-head YOLOv9 model and there is no GELAN config {gelan!r} to "
+            "reparameterize it onto; convert it first with "
+            "`yolov9-qat reparameterize --weights W --cfg GELAN_CFG --out W-converted.pt`"
+        )
+    return gelan
+
+
+def load_float_model(
+    weights: str | Path, activation: str | None = None
+) -> tuple[DetectionModel, dict[str, Any]]:
+    """The fused float GELAN model of a checkpoint (reparameterized when it is a dual-head YOLOv9)."""
+    ck = checkpoint.load(weights)
+    if is_qat_checkpoint(ck):
+        raise UserError(
+            f"{weights} is already a QAT checkpoint; quantize its float model, or evaluate it with `yolov9-qat eval`"
+        )
+    model = ck.model
+    info: dict[str, Any] = {"source": ck.source, "cfg": model.cfg_name, "reparameterized_from": None}
+    if activation is not None:
+        from yolov9_qat.models.activations import canonical_activation
+
+        if canonical_activation(activation) != model.activation:
+            raise UserError(
+                f"{weights} was built with activation {model.activation}, not {canonical_activation(activation)}"
+            )
+    if model.is_dual:
+        gelan = gelan_cfg_for(model)
+        log.info(
+            "%s is a dual-head YOLOv9 model (%s): reparameterizing it onto %s (the GELAN config named "
+            "after it); give a converted checkpoint (`yolov9-qat reparameterize`) to choose another",
+            Path(weights).name,
+            model.cfg_name,
+            gelan,
+        )
+        try:
+            model = reparameterize(model, gelan)
+        except ConfigError as e:
+            raise UserError(
+                f"cannot reparameterize {model.cfg_name!r} onto {gelan!r} ({e}); convert it with "
+                "`yolov9-qat reparameterize --weights W --cfg GELAN_CFG --out W-converted.pt`"
+            ) from None
+        info.update(reparameterized_from=info["cfg"], cfg=gelan)
+    info["activation"] = model.activation
+    return model.fuse().eval(), info
+
+
+def _seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _hyp(hyp: str | Path | Mapping[str, Any] | None) -> dict[str, Any]:
+    if isinstance(hyp, Mapping):
+        return {**cfgs.load_hyp(), **hyp}
+    return cfgs.load_hyp(hyp or "hyp.scratch-high")
+
+
+def _check_nc(model: DetectionModel, data: dict[str, Any], weights: str | Path) -> None:
+    if model.nc != data["nc"]:
+        raise UserError(f"{weights} detects {model.nc} classes, the data set has {data['nc']}")
+
+
+def _short(metrics: Mapping[str, Any], seconds: float) -> dict[str, float]:
+    return {**{k: float(metrics[k]) for k in METRIC_KEYS}, "time_s": seconds}
+
+
+def _evaluate(evaluator: Evaluator, model: torch.nn.Module, device: torch.device, progress: bool, desc: str):
+    t0 = time.perf_counter()
+    result = evaluator.run(torch_predictor(model, device), progress=progress, desc=desc)
+    return _short(result, time.perf_counter() - t0)
+
+
+def _loaders(
+    data: dict[str, Any], img: int, batch_size: int, hyp: dict[str, Any], workers: int, seed: int
+) -> tuple[Any, Evaluator]:
+    train_loader, _ = create_dataloader(
+        data["train"],
+        imgsz=img,
+        batch_size=batch_size,
+        stride=32,
+        hyp=hyp,
+        augment=True,
+        workers=workers,
+        shuffle=True,
+        seed=seed,
+        prefix="train: ",
+    )
+    evaluator = Evaluator.for_data(data, img, batch_size=batch_size, workers=workers)
+    return train_loader, evaluator
+
+
+def quantize(
+    weights: str | Path,
+    data: str | Path,
+    hyp: str | Path | Mapping[str, Any] | None = None,
+    img: int = 640,
+    batch_size: int = 10,
+    device: str = "",
+    iters: int = 200,
+    epochs: int = 10,
+    seed: int = 57,
+    supervision_stride: int = 1,
+    eval_origin: bool = True,
+    eval_ptq: bool = True,
+    calib_method: str = DEFAULT_CALIB_METHOD,
+    calib_batches: int = 25,
+    skip_layers: Iterable[int] = (),
+    project: str | Path = "runs/qat",
+    name: str = "exp",
+    exist_ok: bool = False,
+    activation: str | None = None,
+    percentile: float = DEFAULT_PERCENTILE,
+    lr: float = 1e-5,
+    workers: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Origin -> PTQ -> QAT for one checkpoint; returns the summary also written to ``summary.json``.
+
+    Defaults are upstream YOLOv9-QAT's (batch 10, 200 iterations x 10 epochs, lr 1e-5, seed 57,
+    histogram calibration at the 99.999th percentile over 25 batches). ``activation``, when given,
+    must be the checkpoint's (a guard for scripts that run one activation after another).
+    """
+    t_start = time.perf_counter()
+    _seed(seed)
+    dev = select_device(device)
+    data_d = load_data_yaml(data)
+    hyp_d = _hyp(hyp)
+    float_model, info = load_float_model(weights, activation)
+    _check_nc(float_model, data_d, weights)
+    train_loader, evaluator = _loaders(data_d, img, batch_size, hyp_d, workers, seed)
+    save_dir = run_dir(project, name, exist_ok)
+    wdir = save_dir / "weights"
+    wdir.mkdir(parents=True, exist_ok=True)
+    stem = Path(weights).stem
+    paths = {k: wdir / f"{k}_{stem}.pt" for k in ("ptq", "qat_best", "qat_last")}
+    summary: dict[str, Any] = {
+        "weights": str(weights),
+        **info,
+        "data": str(data_d.get("yaml_file", data)),
+        "img": img,
+        "batch_size": batch_size,
+        "device": str(dev),
+        "calib_method": calib_method,
+        "percentile": percentile,
+        "calib_batches": calib_batches,
+        "skip_layers": sorted(int(i) for i in skip_layers),
+        "iters": iters,
+        "epochs_requested": epochs,
+        "lr": lr,
+        "supervision_stride": supervision_stride,
+        "seed": seed,
+        "save_dir": str(save_dir),
+        "origin": None,
+        "ptq": None,
+        "epochs": [],
+        "best": None,
+        "weights_out": {k: str(v) for k, v in paths.items()},
+    }
+    summary_path = save_dir / "summary.json"
+
+    def write_summary() -> None:
+        summary["total_s"] = time.perf_counter() - t_start
+        atomic_write_json(summary_path, summary)
+
+    float_model.to(dev)
+    if eval_origin:
+        summary["origin"] = _evaluate(evaluator, float_model, dev, progress, "Origin")
+        log.info("Origin: %s", _fmt(summary["origin"]))
+
+    qat_model = prepare_qat_model(copy.deepcopy(float_model), calib_method, percentile, skip_layers)
+    summary["calibration"] = calibrate(qat_model, train_loader, calib_batches, device=dev, progress=progress)
+    meta = {"origin_weights": str(weights), "data": summary["data"], "img": img}
+    if eval_ptq:
+        summary["ptq"] = _evaluate(evaluator, qat_model, dev, progress, "PTQ")
+        log.info("PTQ: %s", _fmt(summary["ptq"]))
+    save_qat(qat_model, paths["ptq"], meta={**meta, "stage": "ptq", "metrics": summary["ptq"]})
+    write_summary()
+
+    best_ap = -1.0
+
+    def on_epoch_end(epoch: int, record: dict[str, Any], model: DetectionModel) -> None:
+        nonlocal best_ap
+        summary["epochs"].append(record)
+        m = {k: record[k] for k in METRIC_KEYS}
+        save_qat(model, paths["qat_last"], meta={**meta, "stage": "qat", "epoch": epoch, "metrics": m})
+        if record["AP"] > best_ap:
+            best_ap = record["AP"]
+            save_qat(model, paths["qat_best"], meta={**meta, "stage": "qat", "epoch": epoch, "metrics": m})
+            summary["best"] = {"epoch": epoch, **m}
+        write_summary()
+
+    if epochs > 0:
+        qat_finetune(
+            qat_model,
+            float_model,
+            train_loader,
+            evaluator,
+            epochs=epochs,
+            iters=iters,
+            lr=lr,
+            supervision_stride=supervision_stride,
+            device=dev,
+            progress=progress,
+            on_epoch_end=on_epoch_end,
+        )
+    else:  # no fine-tuning: the PTQ model is both
+        for key in ("qat_best", "qat_last"):
+            save_qat(qat_model, paths[key], meta={**meta, "stage": "ptq", "metrics": summary["ptq"]})
+    write_summary()
+    log.info(
+        "QAT weights: %s (best), %s (last); summary %s", paths["qat_best"], paths["qat_last"], summary_path
+    )
+    return summary
+
+
+def _fmt(m: Mapping[str, Any]) -> str:
+    return " ".join(f"{k} {m[k]:.4f}" for k in METRIC_KEYS)
+
+
+def evaluate_qat(
+    weights: str | Path,
+    data: str | Path,
+    img: int = 640,
+    batch_size: int = 10,
+    device: str = "",
+    workers: int = 8,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The record's ``qat.py eval``: metrics of a QAT checkpoint run in PyTorch with fake INT8."""
+    dev = select_device(device)
+    data_d = load_data_yaml(data)
+    model, _ = load_qat(weights)
+    _check_nc(model, data_d, weights)
+    evaluator = Evaluator.for_data(data_d, img, batch_size=batch_size, workers=workers)
+    t0 = time.perf_counter()
+    result = evaluator.run(torch_predictor(model, dev), progress=progress, desc="QAT eval")
+    result["time_s"] = time.perf_counter() - t0
+    result["weights"] = str(weights)
+    log.info("QAT eval: %s", _fmt(result))
+    return result
+
+
+def sensitive(
+    weights: str | Path,
+    data: str | Path,
+    hyp: str | Path | Mapping[str, Any] | None = None,
+    img: int = 640,
+    batch_size: int = 10,
+    device: str = "",
+    calib_method: str = DEFAULT_CALIB_METHOD,
+    calib_batches: int = 25,
+    percentile: float = DEFAULT_PERCENTILE,
+    layers: Iterable[int] | None = None,
+    seed: int = 57,
+    project: str | Path = "runs/qat_sensitive",
+    name: str = "exp",
+    exist_ok: bool = False,
+    workers: int = 8,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """The record's ``qat.py sensitive``: calibrate (PTQ), then the AP with each layer in float.
+
+    Writes ``sensitivity.json`` and ``sensitivity.txt`` in the run folder.
+    """
+    _seed(seed)
+    dev = select_device(device)
+    data_d = load_data_yaml(data)
+    float_model, _ = load_float_model(weights)
+    _check_nc(float_model, data_d, weights)
+    train_loader, evaluator = _loaders(data_d, img, batch_size, _hyp(hyp), workers, seed)
+    save_dir = run_dir(project, name, exist_ok)
+    model = prepare_qat_model(float_model, calib_method, percentile)
+    calibrate(model, train_loader, calib_batches, device=dev, progress=progress)
+    rows = sensitivity(model, evaluator, layers, device=dev, progress=progress)
+    atomic_write_json(save_dir / "sensitivity.json", rows)
+    table = format_table(rows)
+    atomic_write_text(save_dir / "sensitivity.txt", table + "\n")
+    log.info("sensitivity (top 10):\n%s", format_table(rows, top=10))
+    return rows

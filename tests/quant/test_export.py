@@ -1,0 +1,75 @@
+"""The quantized model exports to ONNX with Q/DQ nodes, and ONNX Runtime runs it."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from yolov9_qat.models import blocks
+
+
+@pytest.mark.cpu
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::DeprecationWarning")
+def test_onnx_export_has_qdq_and_runs_in_onnxruntime(ptq_model, images, tmp_path) -> None:
+    model = copy.deepcopy(ptq_model).eval()
+    x = images[:1]
+    path = tmp_path / "qat.onnx"
+    with torch.no_grad():
+        want = model(x).numpy()
+        torch.onnx.export(
+            model,
+            (x,),
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["images"],
+            output_names=["output0"],
+        )
+    graph = onnx.load(str(path)).graph
+    ops = Counter(n.op_type for n in graph.node)
+    n_convs = ops["Conv"]
+    assert ops["QuantizeLinear"] > n_convs and ops["DequantizeLinear"] >= ops["QuantizeLinear"]
+    # every conv but the DFL's reads a dequantized input and a dequantized weight
+    producer = {o: n for n in graph.node for o in n.output}
+    qdq_convs = [
+        n for n in graph.node
+        if n.op_type == "Conv" and all(getattr(producer.get(i), "op_type", "") == "DequantizeLinear" for i in n.input[:2])
+    ]  # fmt: skip
+    assert len(qdq_convs) == n_convs - 1
+
+    def scale(tensor: str) -> float | None:  # the scale of the DQ producing ``tensor``
+        dq = producer.get(tensor)
+        if dq is None or dq.op_type != "DequantizeLinear":
+            return None
+        src = dq.input[1]
+        value = inits[src] if src in inits else numpy_helper.to_array(producer[src].attribute[0].t)
+        return float(np.asarray(value).ravel()[0])
+
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    checked = Counter()
+    for node in graph.node:
+        scales = [scale(i) for i in node.input if i]
+        if node.op_type in ("MaxPool", "AveragePool", "Resize"):  # pools / upsample read Q/DQ
+            assert scales[0] is not None, node.name
+            checked[node.op_type] += 1
+        if node.op_type in ("Concat", "Add") and all(v is not None for v in scales):
+            assert len(set(scales)) == 1, (node.name, scales)  # one scale over all inputs
+            checked[node.op_type] += 1
+    assert checked["MaxPool"] == 3 and checked["Resize"] == 2 and checked["AveragePool"] == 5
+    n_adds = sum(isinstance(m, blocks.RepNBottleneck) and m.add for m in model.modules())
+    assert checked["Concat"] == 4 and checked["Add"] == n_adds == 14  # model-level concats, residual adds
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"images": x.numpy()})[0]
+    assert got.shape == want.shape
+    # same fake-quant arithmetic up to float rounding at a few rounding boundaries
+    close = np.isclose(got, want, rtol=1e-3, atol=1e-3).mean()
+    assert close > 0.99, close
