@@ -55,8 +55,9 @@ def run(act: str, data: str, args: argparse.Namespace) -> dict:
         }
     t0 = time.perf_counter()
     s = quantize(
-        weights, name=f"{act}-qat", epochs=args.qat_epochs, iters=args.iters, eval_origin=False, **common
-    )
+        weights, name=f"{act}-qat", epochs=args.qat_epochs, iters=args.iters, lr=args.qat_lr,
+        det_loss_weight=args.det_loss_weight, eval_origin=False, **common,
+    )  # fmt: skip
     out["qat"] = {**{k: s["best"][k] for k in KEYS}, "time_s": round(time.perf_counter() - t0, 1)}
     out["origin"] = {k: out["origin"][k] for k in KEYS}
     return out
@@ -85,8 +86,10 @@ def main() -> None:
     ap.add_argument("--optimizer", default="SGD")
     ap.add_argument("--epochs", type=int, default=10, help="training epochs per activation")
     ap.add_argument("--img", type=int, default=160)
-    ap.add_argument("--qat-epochs", type=int, default=2)
+    ap.add_argument("--qat-epochs", type=int, default=3)
     ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--qat-lr", type=float, default=1e-4)
+    ap.add_argument("--det-loss-weight", type=float, default=1.0)
     ap.add_argument("--calib-batches", type=int, default=16)
     ap.add_argument("--json-out", default="")
     args = ap.parse_args()

@@ -183,7 +183,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         eval_origin=not args.no_eval_origin, eval_ptq=not args.no_eval_ptq, calib_method=args.calib_method,
         calib_batches=args.calib_batches, skip_layers=_skip_layers(args.skip_layers), project=args.project,
         name=args.name, exist_ok=args.exist_ok, activation=args.activation, lr=args.lr, workers=args.workers,
-        progress=not args.no_progress,
+        progress=not args.no_progress, det_loss_weight=args.det_loss_weight,
     )  # fmt: skip
     _json_out(args, summary)
     return 0
@@ -332,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-layers", default="", help="layers kept in float: 3,7 or a sensitivity.json")
     p.add_argument("--activation", default=None, help="expected activation (checked against the checkpoint)")
     p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate")
+    p.add_argument(
+        "--det-loss-weight",
+        type=float,
+        default=0.0,
+        help="add the detection loss to the feature MSE (0: upstream)",
+    )
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     _add_run_flags(p, "qat")

@@ -160,6 +160,7 @@ def quantize(
     lr: float = 1e-5,
     workers: int = 8,
     progress: bool = True,
+    det_loss_weight: float = 0.0,
 ) -> dict[str, Any]:
     """Origin -> PTQ -> QAT for one checkpoint; returns the summary also written to ``summary.json``.
 
@@ -195,6 +196,7 @@ def quantize(
         "epochs_requested": epochs,
         "lr": lr,
         "supervision_stride": supervision_stride,
+        "det_loss_weight": det_loss_weight,
         "seed": seed,
         "save_dir": str(save_dir),
         "origin": None,
@@ -246,6 +248,8 @@ def quantize(
             iters=iters,
             lr=lr,
             supervision_stride=supervision_stride,
+            det_loss_weight=det_loss_weight,
+            hyp=hyp_d,
             device=dev,
             progress=progress,
             on_epoch_end=on_epoch_end,
