@@ -25,9 +25,11 @@ KEYS = ("AP", "AP50", "precision", "recall")
 
 
 def train(act: str, data: str, args: argparse.Namespace) -> tuple[Path, float]:
-    weights = Path(args.cache_dir) / "runs" / f"yolov9-n-{act}" / "weights" / "best.pt"
-    if weights.is_file():
-        return weights, 0.0
+    run_dir = Path(args.cache_dir) / "runs" / f"yolov9-n-{act}"
+    weights = run_dir / "weights" / "best.pt"
+    done = run_dir / "results.json"
+    if weights.is_file() and done.is_file() and json.loads(done.read_text()).get("finished"):
+        return weights, 0.0  # a finished run from before (an interrupted one is trained again)
     t0 = time.perf_counter()
     opt = TrainOptions(
         data=data, cfg="yolov9-n", activation=act, hyp=args.hyp, optimizer=args.optimizer, epochs=args.epochs,
