@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -75,7 +75,6 @@ class TrainOptions:
     progress: bool = True
     #: stop this process after so many epochs (the run stays resumable); for tests and time budgets
     stop_after: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -165,7 +164,7 @@ class Trainer:
 
         resume = self._resume_state()
         if resume is not None:  # the run's own options, with the remaining budget of this call
-            saved = TrainOptions(**{**resume["train"]["opt"], "extra": {}})
+            saved = TrainOptions(**resume["train"]["opt"])
             saved.resume, saved.stop_after, saved.progress = (
                 self.opt.resume,
                 self.opt.stop_after,
@@ -403,7 +402,7 @@ class Trainer:
                 if not opt.nosave or final:
                     train_state = {
                         "epoch": epoch,
-                        "opt": {k: v for k, v in asdict(opt).items() if k != "extra"},
+                        "opt": asdict(opt),
                         "hyp": hyp_orig(hyp, opt.batch_size, accumulate, nbs),
                         "save_dir": str(save_dir),
                         "optimizer": optimizer.state_dict(),
