@@ -80,17 +80,17 @@ STAT_KEYS: tuple[str, ...] = (
     "verified",  # files checked while building this data set (0 when the cache was used)
 )
 
-_ROW_KEYS = (
+#: label-row problems whose rows are dropped
+_DROPPED_ROW_KEYS = (
     "rows_bad_columns",
     "rows_not_number",
     "rows_nonfinite",
     "rows_bad_class",
     "rows_out_of_bounds",
     "rows_zero_size",
-    "rows_clipped",
-    "duplicates",
-    "segments",
 )
+#: everything counted per label file (dropped rows, repaired rows, removed duplicates, polygon rows)
+_ROW_KEYS = (*_DROPPED_ROW_KEYS, "rows_clipped", "duplicates", "segments")
 
 _SUMMARY_WORDS = {
     "missing": "without a label file",
@@ -614,15 +614,7 @@ class YoloDataset(Dataset):
         s = self.stats
         head = f"{s['images']} images, {s['usable']} usable, {s['boxes']} boxes"
         notes = [f"{s[k]} {_SUMMARY_WORDS[k]}" for k in ("missing", "empty", "corrupt", "truncated") if s[k]]
-        row_keys = (
-            "rows_bad_columns",
-            "rows_not_number",
-            "rows_nonfinite",
-            "rows_bad_class",
-            "rows_out_of_bounds",
-            "rows_zero_size",
-            "class_out_of_range",
-        )
+        row_keys = (*_DROPPED_ROW_KEYS, "class_out_of_range")
         dropped = sum(s[k] for k in row_keys)
         if dropped:
             detail = ", ".join(f"{s[k]} {_SUMMARY_WORDS[k]}" for k in row_keys if s[k])
