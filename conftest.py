@@ -24,6 +24,35 @@ def _gpu_skip_reason() -> str | None:
     return None
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    g = parser.getgroup("yolov9-qat record")
+    g.addoption(
+        "--data", default="", help="gpu record: data.yaml (e.g. coco.yaml); default: the embedded data"
+    )
+    g.addoption("--weights", default="", help="gpu record: converted checkpoint (yolov9-c-converted.pt)")
+    g.addoption(
+        "--activations",
+        default="SiLU,ReLU,FReLU,Mish,AconC",
+        help="comma-separated activations of the record",
+    )
+    g.addoption("--device", default="", help="torch device for the gpu record (default: cuda:0)")
+    g.addoption(
+        "--record-dir",
+        default="",
+        help="artefact cache of the fixtures (default $YOLOV9_QAT_CACHE or ~/.cache/yolov9-qat)",
+    )
+    g.addoption(
+        "--rebuild-cache",
+        default="",
+        help="rebuild these cached steps (comma-separated, or 'all') this session",
+    )
+    g.addoption(
+        "--update-baselines",
+        action="store_true",
+        help="write baselines/cpu (and gpu device baselines) from this run",
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):  # n workers x 2 threads on 2 cores: OpenMP barriers stall
         import torch
@@ -54,3 +83,25 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def official_dir(shared_dir: Path) -> Path:
     return shared_dir / "fixtures" / "official"
+
+
+@pytest.fixture(scope="session")
+def activations(request: pytest.FixtureRequest) -> list[str]:
+    return [a for a in request.config.getoption("--activations").split(",") if a]
+
+
+@pytest.fixture(scope="session")
+def record_cache(request: pytest.FixtureRequest):
+    """The artefact cache shared by the record fixtures (and by every xdist worker: file locks)."""
+    from yolov9_qat.record.cache import Cache
+
+    rebuild = [s for s in request.config.getoption("--rebuild-cache").split(",") if s]
+    return Cache(request.config.getoption("--record-dir") or None, rebuild=rebuild)
+
+
+@pytest.fixture(scope="session")
+def cpu_pipeline(record_cache):
+    """The ``test`` profile of the record's pipeline (one thread per worker)."""
+    from yolov9_qat.record.pipeline import Pipeline, get_profile
+
+    return Pipeline(get_profile("test"), record_cache, workers=0, progress=False, echo=None)

@@ -133,24 +133,173 @@ def cmd_val(args: argparse.Namespace) -> int:
     from yolov9_qat.utils.runs import run_dir, select_device
 
     data = load_data_yaml(args.data)
-    if args.backend != "torch":
-        raise UserError(f"--backend {args.backend} is not available yet; use --backend torch")
-    from yolov9_qat.models.checkpoint import load
+    nc = len(data["names"])
+    extra: dict[str, Any] = {}
+    if args.backend == "onnxruntime":
+        from yolov9_qat.runtime.onnxruntime import OrtModel
 
-    model = load(args.weights).model
-    if model.nc != len(data["names"]):
-        raise UserError(f"{args.weights} predicts {model.nc} classes, the data set has {len(data['names'])}")
-    device = select_device(args.device)
+        ort_model = OrtModel(args.weights, threads=args.threads or None, u8=_ort_u8(args))
+        ort_model.check_input((1, 3, args.img, args.img))
+        model_nc = ort_model.metadata.get("nc")
+        if model_nc is not None and int(model_nc) != nc:
+            raise UserError(f"{args.weights} predicts {model_nc} classes, the data set has {nc}")
+        predict = ort_model
+        extra["runtime"] = ort_model.describe()
+    elif args.backend == "tensorrt":
+        from yolov9_qat.runtime.trt_cli import tensorrt_val_predictor
+
+        predict = tensorrt_val_predictor(args, data)
+    else:
+        from yolov9_qat.models.checkpoint import load
+
+        model = load(args.weights).model
+        if model.nc != nc:
+            raise UserError(f"{args.weights} predicts {model.nc} classes, the data set has {nc}")
+        predict = torch_predictor(model, select_device(args.device), half=args.half)
     evaluator = Evaluator.for_data(
         data, args.img, batch_size=args.batch_size, workers=args.workers, split=args.task,
         conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det,
     )  # fmt: skip
     save_dir = run_dir(args.project, args.name, args.exist_ok)
-    result = evaluator.run(torch_predictor(model, device, half=args.half), plot_dir=save_dir)
-    result["weights"], result["backend"] = str(args.weights), args.backend
+    result = evaluator.run(predict, plot_dir=save_dir, progress=not args.no_progress)
+    result.update(weights=str(args.weights), backend=args.backend, **extra)
     print(format_metrics(result, data["names"], per_class=args.verbose))
     _json_out(args, result, save_dir / "metrics.json")
     print(f"results: {save_dir / 'metrics.json'}")
+    return 0
+
+
+def _ort_u8(args: argparse.Namespace) -> bool | None:
+    """``--ort-u8`` / ``--no-ort-u8``; ``None``: automatic (rewrite when the graph has int8 activations)."""
+    return getattr(args, "ort_u8", None)
+
+
+# --- export / lint ---------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from yolov9_qat.export.onnx import ExportOptions, default_output, export_onnx, load_for_export
+
+    include = [i for part in args.include for i in part.split(",") if i]
+    unknown = sorted(set(include) - {"onnx", "onnx_end2end"})
+    if unknown:
+        raise UserError(f"--include {','.join(unknown)}: known formats are onnx and onnx_end2end")
+    model, info = load_for_export(args.weights)
+    written = []
+    for fmt in include:
+        e2e = args.nms if fmt == "onnx_end2end" else None
+        opts = ExportOptions(
+            imgsz=args.img, batch=args.batch_size, dynamic=args.dynamic,
+            simplify=args.simplify, opset=args.opset, end2end=e2e, iou_thres=args.iou_thres,
+            conf_thres=args.conf_thres, max_det=args.topk_all,
+            extra_metadata={"weights": Path(args.weights).name},
+        )  # fmt: skip
+        out = Path(args.out) if args.out and len(include) == 1 else default_output(args.weights, e2e)
+        path = export_onnx(model, out, opts, precision=info["precision"])
+        entry = {"format": fmt, "onnx": str(path), "precision": info["precision"], "nms": e2e}
+        print(f"exported {args.weights} ({info['precision']}) -> {path}")
+        if info["precision"] == "int8":
+            from yolov9_qat.export.lint import lint
+
+            report = lint(path)
+            entry["lint"] = {"ok": report.ok, "violations": len(report.violations)}
+            print(
+                f"Q/DQ lint: {'no violations' if report.ok else f'{len(report.violations)} violation(s)'}"
+                + ("" if report.ok else "\n" + report.format())
+            )
+        written.append(entry)
+    _json_out(args, {"weights": str(args.weights), "exports": written})
+    return 0
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    from yolov9_qat.export.lint import lint_file
+
+    code, text = lint_file(args.onnx)
+    if code == 2:
+        raise UserError(text.strip().splitlines()[0] if text.strip() else f"{args.onnx}: cannot lint")
+    print(text)
+    return code
+
+
+# --- bench -----------------------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    from yolov9_qat.bench.harness import (
+        BenchConfig,
+        device_table,
+        markdown_table,
+        parse_batches,
+        run_benchmark,
+    )
+    from yolov9_qat.utils.runs import run_dir
+
+    try:
+        batches = parse_batches(args.batch)
+        config = BenchConfig(
+            warmup_ms=args.warmup_ms, duration_s=args.duration_s, min_iterations=args.min_iterations
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if args.backend == "onnxruntime":
+        from yolov9_qat.runtime.onnxruntime import OrtModel, OrtRunner
+
+        model = OrtModel(args.model, threads=args.threads or None, u8=_ort_u8(args))
+        runner = OrtRunner(model, imgsz=args.img)
+        precision = model.precision + ("-u8" if model.u8 else "")
+        report = run_benchmark(
+            runner,
+            batches,
+            config,
+            model=Path(args.model).stem,
+            precision=precision,
+            progress=not args.no_progress,
+        )
+    else:
+        from yolov9_qat.runtime.trt_cli import bench_tensorrt
+
+        report = bench_tensorrt(args, batches)
+    save_dir = run_dir(args.project, args.name, args.exist_ok)
+    print(device_table({k: v for k, v in report["device"].items() if not isinstance(v, dict)}))
+    print()
+    print(markdown_table([report]))
+    for note in report.get("int8_notes") or []:
+        print(f"note: {note}")
+    _json_out(args, report, save_dir / "bench.json")
+    print(f"results: {save_dir / 'bench.json'}")
+    return 0
+
+
+# --- reproduce -------------------------------------------------------------------------------------
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    import time
+
+    from yolov9_qat.record.cache import Cache
+    from yolov9_qat.record.pipeline import ACTIVATIONS, Pipeline, get_profile
+    from yolov9_qat.record.report import write_report
+    from yolov9_qat.utils.runs import run_dir
+
+    if args.profile == "gpu":
+        from yolov9_qat.record.gpu import run_gpu_record
+
+        return run_gpu_record(args)
+    if args.data or args.weights:
+        raise UserError(
+            f"--profile {args.profile} runs on the embedded synthetic data and trains its own models; "
+            "--data / --weights are for --profile gpu"
+        )
+    acts = [a for a in args.activations.split(",") if a] if args.activations else list(ACTIVATIONS)
+    overrides = {"threads": args.threads} if args.threads else {}
+    profile = get_profile(args.profile, **overrides)
+    cache = Cache(args.cache_dir or None, rebuild=[r for r in args.rebuild.split(",") if r])
+    save_dir = run_dir(args.project, args.name, args.exist_ok)
+    print(f"reproducing the {profile.name} record for {', '.join(acts)} (cache {cache.root})")
+    t0 = time.perf_counter()
+    record = Pipeline(profile, cache, workers=args.workers, progress=not args.no_progress).run(
+        acts, bench=not args.no_bench
+    )
+    record["wall_s"] = time.perf_counter() - t0
+    paths = write_report(record, save_dir, title=f"yolov9-qat record ({profile.name} profile)")
+    _json_out(args, record)
+    print((save_dir / "record.md").read_text())
+    print(f"record: {paths['markdown']} ({record['wall_s'] / 60:.1f} min)")
     return 0
 
 
@@ -227,6 +376,25 @@ def _add_run_flags(p: argparse.ArgumentParser, task: str) -> None:
         "--exist-ok", action="store_true", help="reuse runs/<task>/<name> instead of numbering a new one"
     )
     p.add_argument("--json-out", default=None, help="also write the figures as JSON here")
+
+
+def _add_ort_u8(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument(
+        "--ort-u8", dest="ort_u8", action="store_true", default=None,
+        help="ONNX Runtime: rewrite int8 activations to uint8 (zero point 128; lossless, fast kernels)",
+    )  # fmt: skip
+    g.add_argument(
+        "--no-ort-u8", dest="ort_u8", action="store_false", help="ONNX Runtime: run the graph as written"
+    )
+
+
+def _add_trt_bench_flags(p: argparse.ArgumentParser) -> None:
+    try:  # TEMP until trt_cli lands
+        from yolov9_qat.runtime import trt_cli
+    except ImportError:
+        return
+    trt_cli.add_trt_bench_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,7 +480,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-det", type=int, default=300)
     p.add_argument("--half", action="store_true", help="FP16 inference (CUDA)")
     p.add_argument("--verbose", action="store_true", help="per-class table")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    _add_ort_u8(p)
+    p.add_argument("--no-progress", action="store_true")
     _add_run_flags(p, "val")
+    from yolov9_qat.runtime import trt_cli
+
+    trt_cli.add_trt_val_arguments(p)
+
+    p = _command(sub, "build", "build a TensorRT engine (fp16, int8, mp) from an ONNX file, cached")(
+        trt_cli.cmd_build
+    )
+    trt_cli.add_build_arguments(p)
+
+    p = _command(sub, "export", "export a float or QAT checkpoint to ONNX (plain or end-to-end)")(cmd_export)
+    p.add_argument("--weights", required=True, help="checkpoint (float, converted or qat_best_*.pt)")
+    p.add_argument(
+        "--include", nargs="+", default=["onnx"], help="onnx and/or onnx_end2end (space or comma separated)"
+    )
+    p.add_argument("--img", "--imgsz", "--img-size", type=int, default=640)
+    p.add_argument("--batch-size", "--batch", type=int, default=1, help="batch size of the traced graph")
+    p.add_argument("--dynamic", action="store_true", help="dynamic batch axis")
+    p.add_argument("--simplify", action="store_true", help="simplify the graph with onnxslim")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument(
+        "--nms", choices=["trt", "onnx"], default="trt", help="end-to-end NMS: TensorRT plugin or ONNX op"
+    )
+    p.add_argument("--topk-all", type=int, default=100, help="end-to-end: detections kept per image")
+    p.add_argument("--iou-thres", type=float, default=0.45, help="end-to-end NMS IoU threshold")
+    p.add_argument("--conf-thres", type=float, default=0.25, help="end-to-end NMS score threshold")
+    p.add_argument("--out", default="", help="output file (one format only; default beside the weights)")
+    p.add_argument("--inplace", action="store_true", help="accepted for upstream compatibility (no effect)")
+    p.add_argument("--json-out", default=None, help="also write what was exported here")
+
+    p = _command(sub, "lint", "check an ONNX graph's Q/DQ placement against TensorRT's rules")(cmd_lint)
+    p.add_argument("onnx", help="ONNX file")
+
+    p = _command(sub, "bench", "latency / throughput per batch size (ONNX Runtime or TensorRT)")(cmd_bench)
+    p.add_argument("--model", required=True, help="ONNX file (or engine with --backend tensorrt)")
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--batch", default="1,4,8,12,16", help="comma-separated batch sizes")
+    p.add_argument("--img", "--imgsz", type=int, default=None, help="image size for dynamic-size graphs")
+    p.add_argument(
+        "--warmup",
+        "--warm-up",
+        dest="warmup_ms",
+        type=float,
+        default=500.0,
+        help="warm-up per batch size, ms",
+    )
+    p.add_argument(
+        "--duration", dest="duration_s", type=float, default=10.0, help="measured time per batch size, s"
+    )
+    p.add_argument("--min-iterations", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8", "mp"],
+        default="int8",
+        help="TensorRT engine precision",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    _add_ort_u8(p)
+    _add_trt_bench_flags(p)
+    _add_run_flags(p, "bench")
 
     p = _command(sub, "quantize", "Q/DQ placement, calibration (PTQ) and QAT fine-tuning")(cmd_quantize)
     p.add_argument("--weights", required=True, help="converted (GELAN) checkpoint; a YOLOv9 one is converted")
@@ -365,6 +596,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-batches", type=int, default=25)
     p.add_argument("--workers", type=int, default=2)
     _add_run_flags(p, "qat_sensitive")
+
+    p = _command(sub, "reproduce", "the whole record: train, quantize, export, evaluate, benchmark, report")(
+        cmd_reproduce
+    )
+    p.add_argument(
+        "--profile", choices=["cpu", "test", "gpu"], default="cpu",
+        help="cpu: the CPU record on the embedded data (ONNX Runtime); test: the suite's smaller one; "
+        "gpu: TensorRT on your data and weights",
+    )  # fmt: skip
+    p.add_argument("--activations", default="", help="comma-separated (default: SiLU,ReLU,FReLU,Mish,AconC)")
+    p.add_argument("--data", default="", help="gpu profile: data.yaml (e.g. coco.yaml)")
+    p.add_argument("--weights", default="", help="gpu profile: converted checkpoint to quantize")
+    p.add_argument("--img", "--imgsz", type=int, default=640, help="gpu profile: image size")
+    p.add_argument("--device", default="0", help="gpu profile: CUDA device")
+    p.add_argument(
+        "--cache-dir", default="", help="artefact cache (default $YOLOV9_QAT_CACHE or ~/.cache/yolov9-qat)"
+    )
+    p.add_argument(
+        "--rebuild",
+        default="",
+        help="steps to rebuild: synth,train,convert,quantize,export,ort_eval,bench or all",
+    )
+    p.add_argument("--no-bench", action="store_true", help="accuracy only")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the profile's choice)")
+    p.add_argument("--workers", type=int, default=2, help="data-loader processes")
+    p.add_argument("--no-progress", action="store_true")
+    _add_run_flags(p, "reproduce")
 
     p = _command(sub, "info", "model summary: layers, parameters, activation")(cmd_info)
     src = p.add_mutually_exclusive_group(required=True)

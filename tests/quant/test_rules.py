@@ -70,8 +70,8 @@ def test_ties_hold_after_calibration(ptq_model) -> None:
             assert mod.cv2.m.input_quantizer is q and mod.cv3.m.input_quantizer is q
             assert mod.cv4.m.input_quantizer is q
             seen.add("sppelan")
-        if isinstance(mod, blocks.AConv):
-            assert mod.pool_quantizer is mod.cv1.conv.input_quantizer
+        if isinstance(mod, blocks.AConv):  # the average pool's output is re-quantized: own scale
+            assert mod.pool_quantizer is not mod.cv1.conv.input_quantizer
             seen.add("aconv")
     assert seen == {"add", "elan4", "elan1", "sppelan", "aconv"}
     # model level: Concat inputs share the next block's input scale; Upsample passes it through;
@@ -131,12 +131,10 @@ def test_adown_and_gelan_c_rules() -> None:
     assert tie_violations(model) == []
     downs = [m for m in model.modules() if isinstance(m, blocks.ADown)]
     assert downs
-    for d in downs:
-        q = d.pool_quantizer
-        assert (
-            d.cv1.conv.input_quantizer is q and d.maxpool_quantizer is q and d.cv2.conv.input_quantizer is q
-        )
-        assert float(q.amax) > 0
+    for d in downs:  # re-quantized after the average pool; both halves, and the max-pool, one scale
+        q = d.cv1.conv.input_quantizer
+        assert d.pool_quantizer is not q and d.maxpool_quantizer is q and d.cv2.conv.input_quantizer is q
+        assert float(q.amax) > 0 and float(d.pool_quantizer.amax) > 0
 
 
 @pytest.mark.cpu

@@ -2,7 +2,9 @@
 
 Any backend plugs in as ``predict(images) -> predictions``: ``images`` is a float tensor (B, 3, H, W)
 in [0, 1]; predictions are the detector's decoded output (B, 4 + nc, A) — a torch tensor or a numpy
-array. NMS uses upstream's validation defaults (conf 0.001, IoU 0.7, 300 detections).
+array — or, for end-to-end graphs that ran NMS themselves, a list of per-image ``(n, 6)`` detections
+``x1, y1, x2, y2, conf, cls`` in input pixels. NMS uses upstream's validation defaults (conf 0.001,
+IoU 0.7, 300 detections).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from yolov9_qat.utils.boxes import xywh2xyxy
 
 log = logging.getLogger("yolov9_qat.eval")
 
-Predict = Callable[[torch.Tensor], "torch.Tensor | np.ndarray"]
+Predict = Callable[[torch.Tensor], "torch.Tensor | np.ndarray | list[torch.Tensor]"]
 
 
 def torch_predictor(
@@ -142,8 +144,11 @@ class Evaluator:
             t0 = time.perf_counter()
             pred = predict(x)
             t1 = time.perf_counter()
-            pred = torch.as_tensor(pred).float().cpu()
-            dets = non_max_suppression(pred, self.conf_thres, self.iou_thres, max_det=self.max_det)
+            if isinstance(pred, (list, tuple)):  # end-to-end: NMS ran inside the graph
+                dets = [torch.as_tensor(d).float().cpu().reshape(-1, 6)[: self.max_det] for d in pred]
+            else:
+                pred = torch.as_tensor(pred).float().cpu()
+                dets = non_max_suppression(pred, self.conf_thres, self.iou_thres, max_det=self.max_det)
             t_nms += time.perf_counter() - t1
             t_pred += t1 - t0
             targets = targets.cpu()

@@ -9,7 +9,8 @@ TensorRT runs a layer in INT8 only where the ONNX graph says so with QuantizeLin
 * a tensor is quantized once: every quantizer that reads the same tensor uses one scale, so the
   producer can write INT8 once;
 * Concat, MaxPool and nearest Upsample commute with quantization: their inputs and their output
-  carry one scale, so TensorRT moves the Q across them and runs them in INT8;
+  carry one scale, so TensorRT moves the Q across them and runs them in INT8; AvgPool does not
+  commute with rounding, so its output is re-quantized with a scale of its own;
 * both inputs of a residual Add share one scale, so the Add fuses into the convolution before it;
 * the outputs of weighted layers are not quantized (the next layer's input quantizer does it).
 
@@ -133,13 +134,16 @@ RULES: dict[str, BlockRule] = {
         why="as RepNCSPELAN4, with plain convs as cv2 / cv3",
     ),
     "AConv": BlockRule(
-        entry=("pool_quantizer", "cv1:entry"),
-        why="DQ -> AvgPool(2x2, s1) -> Q in INT8 with one scale (the pool keeps the range)",
+        entry=("pool_quantizer",),
+        why="DQ -> AvgPool(2x2, s1) -> Q in INT8; the pool's output is re-quantized with cv1's own "
+        "scale (averaging does not commute with rounding: with one scale a quarter of its outputs "
+        "fall exactly half-way between two levels, and every runtime breaks those ties its own way)",
     ),
     "ADown": BlockRule(
-        entry=("pool_quantizer", "cv1:entry", "maxpool_quantizer", "cv2:entry"),
-        why="avg-pool, split in halves: cv1 reads one half, max-pool then cv2 the other; the split "
-        "halves are one tensor and max-pool commutes: one scale",
+        entry=("pool_quantizer",),
+        ties=(("cv1:entry", "maxpool_quantizer", "cv2:entry"),),
+        why="avg-pool (re-quantized, as in AConv), split in halves: cv1 reads one half, max-pool then "
+        "cv2 the other; the halves are one tensor and max-pool commutes: one scale",
     ),
     "SP": BlockRule(entry=("m:entry",)),
     "SPPELAN": BlockRule(

@@ -1,0 +1,1 @@
+"""Latency / throughput harness shared by every backend (ONNX Runtime, TensorRT)."""

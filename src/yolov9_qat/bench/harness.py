@@ -1,0 +1,161 @@
+"""The benchmark loop, trtexec's method: a time-based warm-up, then inferences for a fixed duration,
+each timed on its own; statistics per batch size; JSON and the record's Markdown table.
+
+A backend plugs in as a :class:`Runner`: ``prepare(batch)`` returns a function that runs one
+inference of that batch to completion and returns its latency in milliseconds when it measured it
+itself (TensorRT: GPU compute time from CUDA events) or ``None`` (the harness then times the call
+with ``time.perf_counter``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from tqdm import tqdm
+
+Step = Callable[[], "float | None"]
+PERCENTILES = (90, 95, 99)
+
+
+@dataclass
+class BenchConfig:
+    """How long to warm up and to measure, per batch size (trtexec: ``--warmUp=500 --duration=10``)."""
+
+    warmup_ms: float = 500.0
+    duration_s: float = 10.0
+    min_iterations: int = 10
+    max_iterations: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.warmup_ms < 0 or self.duration_s <= 0 or self.min_iterations < 1:
+            raise ValueError("warm-up must be >= 0, duration > 0 and min_iterations >= 1")
+
+
+class Runner(Protocol):
+    """What a backend gives the harness."""
+
+    backend: str
+
+    def prepare(self, batch: int) -> Step: ...
+
+    def device(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class BatchResult:
+    batch: int
+    iterations: int
+    latency_ms: dict[str, float]
+    throughput_qps: float
+    ips: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
+    """``min``, ``mean``, ``median``, ``p90``, ``p95``, ``p99``, ``max`` (percentiles as trtexec reports
+    them: the value below which that share of the samples lies, nearest rank)."""
+    a = np.sort(np.asarray(latencies_ms, dtype=np.float64))
+    if a.size == 0:
+        raise ValueError("no latencies")
+
+    def rank(p: float) -> float:  # nearest-rank percentile
+        return float(a[max(0, min(a.size - 1, math.ceil(p / 100 * a.size) - 1))])
+
+    out = {"min": float(a[0]), "mean": float(a.mean()), "median": float(np.median(a))}
+    out.update({f"p{p}": rank(p) for p in PERCENTILES})
+    out["max"] = float(a[-1])
+    return out
+
+
+def measure(step: Step, batch: int, config: BenchConfig) -> BatchResult:
+    """Warm up for ``config.warmup_ms``, then call ``step`` until ``config.duration_s`` has passed
+    (and at least ``min_iterations`` times)."""
+    t_end = time.perf_counter() + config.warmup_ms / 1e3
+    step()  # at least one warm-up call (first-run allocations, lazy initialisation)
+    while time.perf_counter() < t_end:
+        step()
+    latencies: list[float] = []
+    t0 = time.perf_counter()
+    t_end = t0 + config.duration_s
+    while True:
+        s = time.perf_counter()
+        measured = step()
+        latencies.append(float(measured) if measured is not None else 1e3 * (time.perf_counter() - s))
+        n = len(latencies)
+        if config.max_iterations is not None and n >= config.max_iterations:
+            break
+        if n >= config.min_iterations and time.perf_counter() >= t_end:
+            break
+    wall = time.perf_counter() - t0
+    stats = latency_stats(latencies)
+    # throughput as trtexec reports it: inferences (queries) per second of the measured work
+    qps = len(latencies) / max(sum(latencies) / 1e3, 1e-12)
+    return BatchResult(
+        batch=batch,
+        iterations=len(latencies),
+        latency_ms=stats,
+        throughput_qps=qps,
+        ips=qps * batch,
+        extra={"wall_s": wall, "wall_qps": len(latencies) / wall},
+    )
+
+
+def run_benchmark(
+    runner: Runner,
+    batches: Iterable[int],
+    config: BenchConfig | None = None,
+    model: str = "",
+    precision: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Measure every batch size; the JSON layout of ``bench`` (one entry per batch size)."""
+    config = config or BenchConfig()
+    batches = list(batches)
+    results = []
+    for b in tqdm(batches, desc=f"bench {runner.backend}", disable=not progress, leave=False):
+        results.append(asdict(measure(runner.prepare(b), b, config)))
+    return {
+        "backend": runner.backend,
+        "model": model,
+        "precision": precision,
+        "device": runner.device(),
+        "config": asdict(config),
+        "results": results,
+    }
+
+
+def parse_batches(text: str | Sequence[int]) -> list[int]:
+    """``"1,4,8"`` -> ``[1, 4, 8]`` (positive, in the given order, no duplicates)."""
+    items = [int(x) for x in text.split(",") if x.strip()] if isinstance(text, str) else list(text)
+    if not items or any(b < 1 for b in items) or len(set(items)) != len(items):
+        raise ValueError(f"batch sizes must be distinct positive integers, got {text!r}")
+    return items
+
+
+def markdown_table(reports: Sequence[dict[str, Any]]) -> str:
+    """The record's "Latency/Throughput" layout for one or more benchmark reports."""
+    lines = [
+        "| Model Name | Batch Size | Latency (99%) | Throughput (qps) | Total Inferences (IPS) |",
+        "|---|---|---|---|---|",
+    ]
+    for rep in reports:
+        label = rep.get("label") or f"{rep.get('precision', '').upper()} ({rep.get('model', '')})"
+        for i, r in enumerate(rep["results"]):
+            name = label if i == 0 else ""
+            lines.append(
+                f"| {name} | {r.get('label', r['batch'])} | {r['latency_ms']['p99']:.2f} ms "
+                f"| {r['throughput_qps']:.0f} | {r['ips']:.0f} |"
+            )
+    return "\n".join(lines)
+
+
+def device_table(device: dict[str, Any]) -> str:
+    """The record's device block as a two-column Markdown table."""
+    lines = ["| Device | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in device.items()]
+    return "\n".join(lines)

@@ -1,0 +1,1018 @@
+"""Q/DQ placement lint: does an ONNX graph follow TensorRT's explicit-quantization rules?
+
+TensorRT runs a layer in INT8 only where QuantizeLinear/DequantizeLinear (Q/DQ) nodes say so, and it
+runs it *fast* only where the Q/DQ around it agree (see :mod:`yolov9_qat.quant.rules` for how this
+package places them). A graph that breaks the rules still builds, but with reformat layers, and INT8
+ends up no faster than FP16. This module checks an exported graph, so that a placement bug shows up
+as named nodes instead of as a slow engine.
+
+Rules (ids as reported in :attr:`Violation.rule`):
+
+``conv-input``
+    every Conv / ConvTranspose (and Gemm / MatMul with a constant weight) reads a DequantizeLinear
+    output on its data input (directly, or through pure data-movement ops such as Reshape).
+``conv-weight``
+    its weight comes through a DequantizeLinear of a constant (a Q->DQ pair on the float weight, or
+    a DQ of an int8 constant); per-channel scales must lie on the output-channel axis (axis 0 for
+    Conv, 1 for ConvTranspose) and have one value per channel.
+``concat-scale``
+    every quantized input of a Concat carries one scale and zero point: DQ inputs directly, float
+    inputs through the Q nodes that quantize the same tensor elsewhere; and the Q nodes that
+    re-quantize the Concat's output use that scale too. A Concat mixing INT8 and float inputs with
+    no Q after it is reported too.
+``add-scale``
+    both inputs of a residual Add (two activations from different sources, not the pointwise
+    arithmetic of one activation function such as AconC) come from DQ nodes of one scale.
+``pool-scale``
+    MaxPool / AveragePool (and their Global forms) read a DQ output. Max-pooling commutes with
+    quantization, so where a MaxPool's output is re-quantized, the Q nodes use its input's scale.
+    Averaging does not commute with rounding: an AveragePool's output may be re-quantized with a
+    scale of its own (TensorRT runs DQ -> AvgPool -> Q as one INT8 pooling with an input and an
+    output scale; :data:`yolov9_qat.quant.rules.RULES` gives AConv / ADown's pool output cv1's scale).
+``resize-scale``
+    Resize reads a DQ output; a nearest Resize (upsample) is re-quantized with its input's scale, a
+    linear / cubic one, like AveragePool, may take its own.
+``float-island``
+    float compute between INT8 layers: a node (not Q/DQ, not data movement, not one of the ops
+    above) whose inputs all come from DQ nodes and whose output is re-quantized with a different
+    scale; or a Conv left float by ``allow_float`` whose input comes from another Conv without
+    Q/DQ on the way while its own output is quantized again downstream (``allow_float`` exempts a
+    conv from ``conv-input`` / ``conv-weight``, not from this rule: TensorRT puts reformats around
+    it all the same).
+``qdq-format``
+    every Q/DQ is 8-bit symmetric: int8 with zero point 0, or, for activations only, uint8 with
+    zero point 128 (the same grid, shifted; the form :mod:`yolov9_qat.export.qdq_u8` writes for
+    ONNX Runtime); activations per tensor; scales finite and positive; a Q and the DQ reading it use
+    one scale and zero point.
+
+Which nodes are checked. The graph's live nodes only (dead nodes, such as the unused Casts ModelOpt's
+exporter leaves, are counted in the stats and ignored). Shape arithmetic (anything computed from
+Shape / constants only) is ignored. Nodes after the last Q of the graph (the head's decode: box
+integral, anchors, sigmoid, NMS) are the float *tail*: the Concat / Add / pool / island rules skip
+tail nodes unless they read a DQ output. The conv rules check every conv, tail included, except the
+convs matched by ``allow_float``.
+
+``allow_float`` (default :data:`DEFAULT_ALLOW_FLOAT`: ``("dfl",)``): patterns (``fnmatch`` style,
+case-insensitive) matched against each part of a Conv's node name and of its weight's name (split
+at ``/``, ``.`` and ``:``), each ``/`` component of the node name (``model.5``), each dotted module
+prefix of the weight's name (``model.5.cv1``) and the whole names. Matched convs are exempt from
+``conv-input`` / ``conv-weight``; the weight name keeps matching when a tool strips node names. The default covers the DFL's fixed 1x1 conv (``/model.22/dfl/conv/Conv``,
+weight ``model.22.dfl.conv.weight``), which :data:`yolov9_qat.quant.rules.FLOAT` deliberately leaves
+in float: the distribution integral runs after the head's last DQ, like the rest of the box decode.
+
+Scales and zero points may be initializers or Constant nodes. Two quantizations are the same when
+their scales agree to a relative 1e-6 and their zero points are the same offset from the middle of
+the integer range (int8 zp 0 == uint8 zp 128).
+
+A graph with no Q/DQ at all is *not quantized*: :attr:`LintReport.quantized` is ``False``, no rule
+runs and :attr:`LintReport.ok` is ``False`` — a float graph is not a pass of an INT8 check.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from yolov9_qat.errors import UserError
+
+#: rule id -> what it checks (details in the module docstring)
+RULES: dict[str, str] = {
+    "conv-input": "every Conv / ConvTranspose / weighted Gemm-MatMul reads a DequantizeLinear output",
+    "conv-weight": "conv weights come through DequantizeLinear (per-channel on the output axis)",
+    "concat-scale": "a Concat's inputs and the Q nodes after it share one scale",
+    "add-scale": "both inputs of a residual Add are dequantized with one scale",
+    "pool-scale": "pools read a DQ output; MaxPool is re-quantized with its input's scale",
+    "resize-scale": "Resize reads a DQ output; nearest Resize is re-quantized with its input's scale",
+    "float-island": "no float compute between INT8 layers",
+    "qdq-format": "8-bit symmetric Q/DQ (int8 zp 0, or uint8 zp 128 for activations), matching pairs",
+}
+
+#: the counts in :attr:`LintReport.stats`
+STAT_KEYS: tuple[str, ...] = (
+    "nodes",
+    "dead_nodes",
+    "convs",
+    "convs_int8",
+    "convs_allowed_float",
+    "q",
+    "dq",
+    "qdq_pairs",
+    "activation_q",
+    "activation_dq",
+    "weight_q",
+    "weight_dq",
+    "tail_nodes",
+    "concats_checked",
+    "adds_checked",
+    "pools_checked",
+    "resizes_checked",
+)
+
+#: the float convs accepted by default: the DFL's fixed 1x1 conv (see the module docstring)
+DEFAULT_ALLOW_FLOAT: tuple[str, ...] = ("dfl",)
+
+Q, DQ = "QuantizeLinear", "DequantizeLinear"
+WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+POOLS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool")
+RESIZES = ("Resize", "Upsample")
+#: data movement that commutes with per-tensor quantization (input 0 is the data)
+TRANSPARENT = frozenset(
+    {
+        "Reshape",
+        "Flatten",
+        "Squeeze",
+        "Unsqueeze",
+        "Transpose",
+        "Slice",
+        "Split",
+        "Gather",
+        "Identity",
+        "Expand",
+        "Tile",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "Cast",
+    }
+)
+#: elementwise ops: a chain of them over one activation is that activation's epilogue
+POINTWISE = frozenset(
+    {
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Max",
+        "Min",
+        "Pow",
+        "Neg",
+        "Abs",
+        "Exp",
+        "Log",
+        "Sqrt",
+        "Reciprocal",
+        "Relu",
+        "LeakyRelu",
+        "PRelu",
+        "Elu",
+        "Selu",
+        "Sigmoid",
+        "HardSigmoid",
+        "HardSwish",
+        "Tanh",
+        "Softplus",
+        "Softsign",
+        "Mish",
+        "Gelu",
+        "Erf",
+        "Clip",
+        "Identity",
+        "Cast",
+    }
+)
+_NO_VALUE = frozenset({"Shape", "Size"})  # outputs that depend on an activation's shape, not its values
+#: the zero point of each integer type's symmetric grid
+_MIDDLE = {"int8": 0, "uint8": 128, "int16": 0, "uint16": 32768, "int4": 0, "uint4": 8}
+_RTOL = 1e-6
+
+CONST, SHAPE, ACT = "const", "shape", "act"
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One broken rule: its id (:data:`RULES`), the node(s) involved (the subject first), why."""
+
+    rule: str
+    nodes: tuple[str, ...]
+    message: str
+
+    @property
+    def node(self) -> str:
+        """The node the violation is about."""
+        return self.nodes[0] if self.nodes else ""
+
+    def __str__(self) -> str:
+        return f"[{self.rule}] {self.node}: {self.message}"
+
+
+@dataclass
+class LintReport:
+    """The outcome of :func:`lint`."""
+
+    violations: list[Violation] = field(default_factory=list)
+    #: counts: nodes, convs, convs_int8, convs_allowed_float, q, dq, qdq_pairs, ... (see :func:`lint`)
+    stats: dict[str, int] = field(default_factory=dict)
+    #: ``False``: the graph has no Q/DQ at all (no rule ran)
+    quantized: bool = True
+    #: the convs left float by ``allow_float``
+    allowed_float: list[str] = field(default_factory=list)
+    #: the file or graph name, for :meth:`format`
+    source: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """A quantized graph with no violation."""
+        return self.quantized and not self.violations
+
+    @property
+    def status(self) -> str:
+        """``"ok"``, ``"violations"`` or ``"not quantized"``."""
+        if not self.quantized:
+            return "not quantized"
+        return "violations" if self.violations else "ok"
+
+    def counts(self) -> dict[str, int]:
+        """Violations per rule id, in :data:`RULES` order."""
+        c = Counter(v.rule for v in self.violations)
+        return {r: c[r] for r in RULES if c[r]}
+
+    def by_rule(self, rule: str) -> list[Violation]:
+        return [v for v in self.violations if v.rule == rule]
+
+    def format(self) -> str:
+        """A human-readable summary, then one line per violation with its node names."""
+        s = self.stats
+        name = self.source or "graph"
+        if not self.quantized:
+            return (
+                f"{name}: not quantized: no QuantizeLinear/DequantizeLinear nodes; its "
+                f"{s.get('convs', 0)} convs run in float (this is not an INT8 graph)"
+            )
+        allowed = f", {len(self.allowed_float)} float by allow_float" if self.allowed_float else ""
+        summary = (
+            f"{s.get('convs', 0)} convs ({s.get('convs_int8', 0)} INT8{allowed}), "
+            f"{s.get('qdq_pairs', 0)} Q/DQ pairs ({s.get('activation_q', 0)} activation, "
+            f"{s.get('weight_q', 0)} weight); checked {s.get('concats_checked', 0)} concats, "
+            f"{s.get('adds_checked', 0)} adds, {s.get('pools_checked', 0)} pools, "
+            f"{s.get('resizes_checked', 0)} resizes"
+        )
+        if self.ok:
+            lines = [f"{name}: ok: {summary}"]
+        else:
+            per_rule = ", ".join(f"{r} {n}" for r, n in self.counts().items())
+            lines = [f"{name}: {len(self.violations)} violations ({per_rule})", f"  {summary}"]
+        if self.allowed_float:
+            lines.append(f"  float by allow_float: {', '.join(self.allowed_float)}")
+        lines.extend(f"  {v}" for v in self.violations)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class QParams:
+    """The quantization a Q or DQ node applies."""
+
+    scale: np.ndarray
+    zero_point: np.ndarray  # as int64
+    dtype: str  # numpy name of the integer type: "int8", "uint8", ... ("?" when unknown)
+    axis: int | None  # None: per tensor
+
+    @property
+    def per_tensor(self) -> bool:
+        return self.scale.size == 1
+
+    @property
+    def offset(self) -> np.ndarray:
+        """Zero point relative to the middle of the integer range (0 for a symmetric grid)."""
+        return self.zero_point - _MIDDLE.get(self.dtype, 0)
+
+    @property
+    def bits(self) -> int:
+        return {"int4": 4, "uint4": 4, "int16": 16, "uint16": 16}.get(self.dtype, 8)
+
+    def same(self, other: QParams) -> bool:
+        """The same quantization grid (int8 zp 0 and uint8 zp 128 are the same)."""
+        if self.bits != other.bits or self.scale.size != other.scale.size:
+            return False
+        if self.offset.size != other.offset.size and min(self.offset.size, other.offset.size) != 1:
+            return False
+        return bool(
+            np.allclose(self.scale.ravel(), other.scale.ravel(), rtol=_RTOL, atol=0)
+            and np.array_equal(
+                np.broadcast_to(self.offset.ravel(), self.scale.ravel().shape),
+                np.broadcast_to(other.offset.ravel(), self.scale.ravel().shape),
+            )
+        )
+
+    def describe(self) -> str:
+        sc = f"{float(self.scale.ravel()[0]):.6g}" if self.per_tensor else f"[{self.scale.size} per channel]"
+        zp = self.zero_point.ravel()
+        z = str(int(zp[0])) if zp.size and np.all(zp == zp[0]) else "varied"
+        return f"scale {sc} ({self.dtype} zp {z})"
+
+
+class QdqGraph:
+    """An ONNX graph indexed for Q/DQ analysis: producers, consumers, constants, tensor kinds.
+
+    Every tensor has a kind: ``"const"`` (initializers, Constant outputs and what is computed from
+    them only: weights, weight Q/DQ outputs), ``"shape"`` (computed from an activation's shape) or
+    ``"act"`` (depends on the values of a graph input). ``live`` are the nodes that reach a graph
+    output. Only the top-level graph is read (no If / Loop bodies).
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.model = model
+        g = model.graph
+        self.nodes: list[onnx.NodeProto] = list(g.node)
+        self.init: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
+        self.producer: dict[str, onnx.NodeProto] = {}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        self._names: dict[int, str] = {}
+        for i, n in enumerate(self.nodes):
+            self._names[id(n)] = n.name or f"{n.op_type}_{i}"
+            for o in n.output:
+                if o:
+                    self.producer[o] = n
+            for t in n.input:
+                if t:
+                    self.consumers.setdefault(t, []).append(n)
+        self.outputs = {o.name for o in g.output}
+        self.kind: dict[str, str] = {}
+        for t in self.init:
+            self.kind[t] = CONST
+        for i in g.input:
+            if i.name not in self.init:
+                self.kind[i.name] = ACT
+        for n in self._topo():
+            kinds = {self.kind.get(t, CONST) for t in n.input if t}
+            if ACT in kinds:
+                k = SHAPE if n.op_type in _NO_VALUE else ACT
+            elif SHAPE in kinds:
+                k = SHAPE
+            else:
+                k = CONST
+            for o in n.output:
+                if o:
+                    self.kind[o] = k
+        self.live = self._live()
+        self._const_cache: dict[str, np.ndarray | None] = {}
+        self._qp: dict[int, tuple[onnx.NodeProto, QParams | None]] = {}
+
+    # -- structure ---------------------------------------------------------------------------
+    def _topo(self) -> list[onnx.NodeProto]:
+        known = set(self.init) | {i.name for i in self.model.graph.input} | {""}
+        pending = list(self.nodes)
+        order: list[onnx.NodeProto] = []
+        while pending:
+            rest = []
+            for n in pending:
+                if all(t in known for t in n.input):
+                    order.append(n)
+                    known.update(n.output)
+                else:
+                    rest.append(n)
+            if len(rest) == len(pending):  # unresolved inputs (not topologically sortable): keep order
+                order.extend(rest)
+                break
+            pending = rest
+        return order
+
+    def _live(self) -> set[int]:
+        live: set[int] = set()
+        stack = [self.producer[o] for o in self.outputs if o in self.producer]
+        while stack:
+            n = stack.pop()
+            if id(n) in live:
+                continue
+            live.add(id(n))
+            stack.extend(self.producer[t] for t in n.input if t in self.producer)
+        return live
+
+    def name(self, node: onnx.NodeProto) -> str:
+        """The node's name (``"<op>_<index>"`` when it has none)."""
+        return self._names[id(node)]
+
+    def live_nodes(self, *ops: str) -> list[onnx.NodeProto]:
+        return [n for n in self.nodes if id(n) in self.live and (not ops or n.op_type in ops)]
+
+    def is_act(self, tensor: str) -> bool:
+        return self.kind.get(tensor) == ACT
+
+    def live_consumers(self, tensor: str) -> list[onnx.NodeProto]:
+        return [n for n in self.consumers.get(tensor, []) if id(n) in self.live]
+
+    # -- constants and Q/DQ parameters --------------------------------------------------------
+    def const(self, tensor: str) -> np.ndarray | None:
+        """The value of an initializer or Constant output (through Identity), else ``None``."""
+        if tensor in self._const_cache:
+            return self._const_cache[tensor]
+        value: np.ndarray | None = None
+        if tensor in self.init:
+            value = numpy_helper.to_array(self.init[tensor])
+        elif tensor in self.producer:
+            n = self.producer[tensor]
+            if n.op_type == "Constant":
+                value = _constant_value(n)
+            elif n.op_type == "Identity":
+                value = self.const(n.input[0])
+        self._const_cache[tensor] = value
+        return value
+
+    def qparams(self, node: onnx.NodeProto) -> QParams | None:
+        """Scale, zero point, integer type and axis of a Q or DQ node (``None``: not constant)."""
+        hit = self._qp.get(id(node))
+        if hit is None or hit[0] is not node:  # keyed by id: check it is the same object
+            hit = self._qp[id(node)] = (node, self._read_qparams(node))
+        return hit[1]
+
+    def _read_qparams(self, node: onnx.NodeProto) -> QParams | None:
+        scale = self.const(node.input[1]) if len(node.input) > 1 else None
+        if scale is None:
+            return None
+        zp_name = node.input[2] if len(node.input) > 2 else ""
+        zp = self.const(zp_name) if zp_name else None
+        if zp_name and zp is None:
+            return None
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if zp is not None:
+            dtype = zp.dtype.name
+        elif attrs.get("output_dtype"):
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(attrs["output_dtype"]).name
+        elif node.op_type == Q:
+            dtype = "uint8"  # ONNX default
+        else:
+            dtype = self._dq_input_dtype(node)
+        zp_arr = np.zeros(1, np.int64) if zp is None else np.asarray(zp).astype(np.int64)
+        scale = np.asarray(scale, dtype=np.float64)
+        axis = int(attrs.get("axis", 1)) if scale.size > 1 else None
+        return QParams(scale, zp_arr, dtype, axis)
+
+    def _dq_input_dtype(self, node: onnx.NodeProto) -> str:
+        src = self.producer.get(node.input[0])
+        if src is not None and src.op_type == Q:
+            qp = self.qparams(src)
+            return qp.dtype if qp else "?"
+        value = self.const(node.input[0])
+        return value.dtype.name if value is not None else "?"
+
+    def is_weight(self, node: onnx.NodeProto) -> bool:
+        """A Q / DQ on a constant (a weight) rather than on an activation."""
+        return self.kind.get(node.input[0], CONST) == CONST
+
+    # -- walks ---------------------------------------------------------------------------------
+    def dq_source(self, tensor: str) -> onnx.NodeProto | None:
+        """The DQ node ``tensor`` comes from, directly or through data-movement ops, else ``None``."""
+        seen = 0
+        while tensor in self.producer and seen < 64:
+            n = self.producer[tensor]
+            if n.op_type == DQ:
+                return n
+            if n.op_type not in TRANSPARENT or not n.input:
+                return None
+            tensor = n.input[0]
+            seen += 1
+        return None
+
+    def root(self, tensor: str) -> str:
+        """``tensor`` followed back through data-movement ops to where its values were computed."""
+        seen = 0
+        while tensor in self.producer and seen < 64:
+            n = self.producer[tensor]
+            if n.op_type not in TRANSPARENT or not n.input or not self.is_act(n.input[0]):
+                break
+            tensor = n.input[0]
+            seen += 1
+        return tensor
+
+    def requant(self, tensor: str) -> list[onnx.NodeProto]:
+        """The activation Q nodes that quantize ``tensor``, directly or through data-movement ops."""
+        found: list[onnx.NodeProto] = []
+        stack, seen = [tensor], {tensor}
+        while stack:
+            t = stack.pop()
+            for n in self.live_consumers(t):
+                if n.op_type == Q and n.input[0] == t:
+                    found.append(n)
+                elif n.op_type in TRANSPARENT and n.input[0] == t:
+                    for o in n.output:
+                        if o and o not in seen:
+                            seen.add(o)
+                            stack.append(o)
+        return found
+
+    def head_of_q(self) -> set[int]:
+        """The live activation nodes from which an activation Q can be reached (the rest: the tail)."""
+        out: set[int] = set()
+        stack = [n for n in self.live_nodes(Q) if not self.is_weight(n)]
+        while stack:
+            n = stack.pop()
+            if id(n) in out:
+                continue
+            out.add(id(n))
+            for t in n.input:
+                p = self.producer.get(t)
+                if p is not None and self.is_act(t):
+                    stack.append(p)
+        return out
+
+
+def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name in ("value_float", "value_floats", "value_int", "value_ints"):
+            return np.asarray(onnx.helper.get_attribute_value(a))
+    return None
+
+
+# -- rules -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Context:
+    g: QdqGraph
+    allow: tuple[str, ...]
+    stats: Counter = field(default_factory=Counter)
+    tail_free: set[int] = field(default_factory=set)  # ids of non-tail nodes
+
+    def checked(self, node: onnx.NodeProto) -> bool:
+        """Not in the float tail, or reading a DQ output."""
+        if id(node) in self.tail_free:
+            return True
+        return any(self.g.dq_source(t) is not None for t in node.input if self.g.is_act(t))
+
+
+def _allowed(name: str, weight: str, patterns: Sequence[str]) -> bool:
+    """Whether a conv (node ``name``, weight ``weight``) matches one of ``patterns``: a part of either
+    name (split at ``/ . :``), a ``/`` component of the node name (``model.1``), a dotted module
+    prefix of the weight, or a whole name; ``fnmatch`` globs, case-insensitive."""
+    name, weight = name.lower(), weight.lower()
+    parts = re.split(r"[/.:]", name) + re.split(r"[/.:]", weight) + name.split("/") + [name, weight]
+    prefixes = [".".join(weight.split(".")[:k]) for k in range(1, weight.count(".") + 1)]
+    return any(fnmatch.fnmatchcase(p, pat.lower()) for pat in patterns for p in parts + prefixes if p)
+
+
+def _weighted(g: QdqGraph) -> list[tuple[onnx.NodeProto, str, str]]:
+    """``(node, data input, weight input)`` of every live Conv-like node with a constant weight."""
+    out = []
+    for n in g.live_nodes(*WEIGHTED):
+        if len(n.input) < 2:
+            continue
+        a, b = n.input[0], n.input[1]
+        if n.op_type in ("Conv", "ConvTranspose") or g.kind.get(b) == CONST:
+            out.append((n, a, b))
+        elif n.op_type == "MatMul" and g.kind.get(a) == CONST:
+            out.append((n, b, a))
+    return out
+
+
+def _is_allowed_conv(ctx: _Context, node: onnx.NodeProto, weight: str) -> bool:
+    return _allowed(ctx.g.name(node), weight, ctx.allow)
+
+
+def check_conv_input(ctx: _Context) -> list[Violation]:
+    """``conv-input``: every conv-like node reads a DQ output on its data input."""
+    g, out = ctx.g, []
+    for n, data, weight in _weighted(g):
+        if _is_allowed_conv(ctx, n, weight):
+            continue
+        if g.dq_source(data) is None:
+            p = g.producer.get(data)
+            src = f"{p.op_type} {g.name(p)}" if p is not None else f"graph input {data!r}"
+            out.append(
+                Violation(
+                    "conv-input",
+                    (g.name(n),) + ((g.name(p),) if p is not None else ()),
+                    f"{n.op_type} reads a float input (from {src}), not a DequantizeLinear output",
+                )
+            )
+    return out
+
+
+def _expected_axis(g: QdqGraph, node: onnx.NodeProto) -> int:
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "Gemm":
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        return 0 if attrs.get("transB", 0) else 1
+    if node.op_type == "MatMul":
+        return -1
+    return 0
+
+
+def _weight_shape(g: QdqGraph, dq: onnx.NodeProto) -> tuple[int, ...] | None:
+    src = g.producer.get(dq.input[0])
+    t = src.input[0] if src is not None and src.op_type == Q else dq.input[0]
+    value = g.const(t)
+    return None if value is None else tuple(value.shape)
+
+
+def check_conv_weight(ctx: _Context) -> list[Violation]:
+    """``conv-weight``: weights come through DQ of a constant, per-channel on the output axis."""
+    g, out = ctx.g, []
+    for n, _data, weight in _weighted(g):
+        if _is_allowed_conv(ctx, n, weight):
+            continue
+        name = g.name(n)
+        dq = g.dq_source(weight)
+        if dq is None:
+            out.append(Violation("conv-weight", (name,), f"{n.op_type} weight {weight!r} is not dequantized"))
+            continue
+        src = g.producer.get(dq.input[0])
+        from_q = src is not None and src.op_type == Q and g.kind.get(src.input[0]) == CONST
+        if not from_q and g.kind.get(dq.input[0]) != CONST:
+            out.append(
+                Violation(
+                    "conv-weight", (name, g.name(dq)), f"weight DQ {g.name(dq)} does not read a constant"
+                )
+            )
+            continue
+        qp = g.qparams(dq)
+        if qp is None or qp.per_tensor:
+            continue
+        axis = _expected_axis(g, n)
+        shape = _weight_shape(g, dq)
+        rank = len(shape) if shape else None
+        got = qp.axis if qp.axis is None or qp.axis >= 0 or rank is None else qp.axis + rank
+        want = axis if axis >= 0 or rank is None else axis + rank
+        if got != want:
+            out.append(
+                Violation(
+                    "conv-weight",
+                    (name, g.name(dq)),
+                    f"per-channel weight scale on axis {qp.axis}, not on the output-channel axis {want}",
+                )
+            )
+        elif shape is not None and want is not None and shape[want] != qp.scale.size:
+            out.append(
+                Violation(
+                    "conv-weight",
+                    (name, g.name(dq)),
+                    f"{qp.scale.size} weight scales for {shape[want]} output channels",
+                )
+            )
+    return out
+
+
+def _input_quant(ctx: _Context, tensor: str) -> tuple[str, list[tuple[onnx.NodeProto, QParams | None]]]:
+    """How an activation input is quantized: ``("dq", [(dq, qp)])``, ``("float", [(q, qp), ...])``
+    (the Q nodes quantizing the same tensor elsewhere) or ``("float", [])`` (nowhere)."""
+    g = ctx.g
+    dq = g.dq_source(tensor)
+    if dq is not None:
+        return "dq", [(dq, g.qparams(dq))]
+    return "float", [(q, g.qparams(q)) for q in g.requant(g.root(tensor))]
+
+
+def _distinct(items: Iterable[tuple[str, onnx.NodeProto, QParams | None]]) -> list[QParams]:
+    uniq: list[QParams] = []
+    for _, _, qp in items:
+        if qp is not None and not any(qp.same(u) for u in uniq):
+            uniq.append(qp)
+    return uniq
+
+
+def _describe(g: QdqGraph, items: Sequence[tuple[str, onnx.NodeProto, QParams | None]]) -> str:
+    """``scale A (int8 zp 0): input 0 DQ /a, consumer Q /b; scale B (...): ...``"""
+    groups: list[tuple[QParams | None, list[str]]] = []
+    for role, n, qp in items:
+        label = f"{role} {g.name(n)}"
+        for gq, labels in groups:
+            if (qp is None and gq is None) or (qp is not None and gq is not None and qp.same(gq)):
+                if label not in labels:
+                    labels.append(label)
+                break
+        else:
+            groups.append((qp, [label]))
+    return "; ".join(f"{qp.describe() if qp else 'non-constant'}: {', '.join(ls)}" for qp, ls in groups)
+
+
+def check_concat_scale(ctx: _Context) -> list[Violation]:
+    """``concat-scale``: one scale over a Concat's quantized inputs and the Q nodes after it."""
+    g, out = ctx.g, []
+    for n in g.live_nodes("Concat"):
+        if not g.is_act(n.output[0]):
+            continue
+        items: list[tuple[str, onnx.NodeProto, QParams | None]] = []
+        unquantized: list[str] = []
+        n_dq = 0
+        for k, t in enumerate(n.input):
+            if not g.is_act(t):
+                continue
+            how, qs = _input_quant(ctx, t)
+            n_dq += how == "dq"
+            if not qs:
+                unquantized.append(f"input {k}")
+            items.extend((f"input {k} {'DQ' if how == 'dq' else 'via Q'}", q, qp) for q, qp in qs)
+        consumers = [("consumer Q", q, g.qparams(q)) for q in g.requant(n.output[0])]
+        if not n_dq and not consumers:
+            continue  # a float concat (shape arithmetic, head decode) or a float island (other rule)
+        ctx.stats["concats_checked"] += 1
+        items.extend(consumers)
+        uniq = _distinct(items)
+        involved = (g.name(n), *dict.fromkeys(g.name(q) for _, q, _ in items))
+        if len(uniq) > 1:
+            out.append(
+                Violation(
+                    "concat-scale",
+                    involved,
+                    f"inputs and consumers use {len(uniq)} different scales: {_describe(g, items)}",
+                )
+            )
+        elif n_dq and unquantized and not consumers:
+            out.append(
+                Violation(
+                    "concat-scale",
+                    involved,
+                    f"mixes INT8 inputs with float {', '.join(unquantized)} and is not re-quantized",
+                )
+            )
+    return out
+
+
+def _source(g: QdqGraph, tensor: str, memo: dict[str, str]) -> str:
+    """Where an activation's values come from, following one-activation pointwise chains back."""
+    if tensor in memo:
+        return memo[tensor]
+    memo[tensor] = tensor  # cycles guard
+    n = g.producer.get(tensor)
+    src = tensor
+    if n is not None and n.op_type in POINTWISE:
+        srcs = {_source(g, t, memo) for t in n.input if g.is_act(t)}
+        if len(srcs) == 1:
+            src = srcs.pop()
+    memo[tensor] = src
+    return src
+
+
+def check_add_scale(ctx: _Context) -> list[Violation]:
+    """``add-scale``: both inputs of a residual Add come from DQ nodes of one scale."""
+    g, out, memo = ctx.g, [], {}
+    for n in g.live_nodes("Add", "Sum"):
+        acts = [t for t in n.input if g.is_act(t)]
+        if len(acts) < 2 or len({_source(g, t, memo) for t in acts}) < 2:
+            continue  # a bias / constant add, or the arithmetic of one activation (AconC, ...)
+        if not ctx.checked(n):
+            continue
+        ctx.stats["adds_checked"] += 1
+        items, floats = [], []
+        for k, t in enumerate(acts):
+            dq = g.dq_source(t)
+            if dq is None:
+                p = g.producer.get(g.root(t))
+                floats.append(f"input {k} (from {p.op_type} {g.name(p)})" if p is not None else f"input {k}")
+            else:
+                items.append((f"input {k} DQ", dq, g.qparams(dq)))
+        involved = (g.name(n), *(g.name(q) for _, q, _ in items))
+        if floats:
+            out.append(
+                Violation(
+                    "add-scale",
+                    involved,
+                    f"residual Add reads float {', '.join(floats)}: both inputs need Q/DQ of one scale",
+                )
+            )
+        elif len(_distinct(items)) > 1:
+            out.append(
+                Violation("add-scale", involved, f"inputs use different scales: {_describe(g, items)}")
+            )
+    return out
+
+
+def _commutes(node: onnx.NodeProto) -> bool:
+    """Max-pooling and nearest resizing commute with quantization (the output keeps the scale)."""
+    if node.op_type in ("MaxPool", "GlobalMaxPool"):
+        return True
+    if node.op_type in RESIZES:
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"nearest")
+        return mode == b"nearest"
+    return False
+
+
+def _check_passthrough(ctx: _Context, ops: Sequence[str], rule: str, stat: str) -> list[Violation]:
+    g, out = ctx.g, []
+    for n in g.live_nodes(*ops):
+        if not n.input or not g.is_act(n.input[0]) or not ctx.checked(n):
+            continue
+        ctx.stats[stat] += 1
+        dq = g.dq_source(n.input[0])
+        if dq is None:
+            p = g.producer.get(n.input[0])
+            src = f"{p.op_type} {g.name(p)}" if p is not None else "a graph input"
+            out.append(
+                Violation(rule, (g.name(n),), f"{n.op_type} reads a float input (from {src}), not a DQ")
+            )
+            continue
+        if not _commutes(n):
+            continue
+        qp = g.qparams(dq)
+        items = [("input DQ", dq, qp)] + [("consumer Q", q, g.qparams(q)) for q in g.requant(n.output[0])]
+        if len(_distinct(items)) > 1:
+            out.append(
+                Violation(
+                    rule,
+                    (g.name(n), *(g.name(q) for _, q, _ in items)),
+                    f"re-quantized with a different scale: {_describe(g, items)}",
+                )
+            )
+    return out
+
+
+def check_pool_scale(ctx: _Context) -> list[Violation]:
+    """``pool-scale``: pools read a DQ; MaxPool is re-quantized with its input's scale."""
+    return _check_passthrough(ctx, POOLS, "pool-scale", "pools_checked")
+
+
+def check_resize_scale(ctx: _Context) -> list[Violation]:
+    """``resize-scale``: Resize reads a DQ; nearest Resize is re-quantized with its input's scale."""
+    return _check_passthrough(ctx, RESIZES, "resize-scale", "resizes_checked")
+
+
+_OWN_RULE = frozenset({Q, DQ, "Concat", "Add", "Sum", *WEIGHTED, *POOLS, *RESIZES, *TRANSPARENT})
+
+
+def _upstream_conv(g: QdqGraph, tensor: str) -> list[onnx.NodeProto]:
+    """The nearest conv-like nodes behind ``tensor`` with no DQ on the way (a float path)."""
+    found, stack, seen = [], [tensor], {tensor}
+    while stack:
+        t = stack.pop()
+        p = g.producer.get(t)
+        if p is None or p.op_type in (Q, DQ):
+            continue
+        if p.op_type in WEIGHTED:
+            found.append(p)
+            continue
+        for i in p.input:
+            if g.is_act(i) and i not in seen:
+                seen.add(i)
+                stack.append(i)
+    return found
+
+
+def check_float_island(ctx: _Context) -> list[Violation]:
+    """``float-island``: float compute between INT8 layers."""
+    g, out = ctx.g, []
+    for n in g.live_nodes():
+        if n.op_type in _OWN_RULE or not ctx.checked(n) or not any(g.is_act(o) for o in n.output):
+            continue
+        acts = [t for t in n.input if g.is_act(t)]
+        dqs = [g.dq_source(t) for t in acts]
+        if not acts or any(d is None for d in dqs):
+            continue
+        qs = [q for o in n.output if o for q in g.requant(o)]
+        items = [("input DQ", d, g.qparams(d)) for d in dqs if d is not None]
+        items += [("consumer Q", q, g.qparams(q)) for q in qs]
+        if qs and len(_distinct(items)) > 1:
+            out.append(
+                Violation(
+                    "float-island",
+                    (g.name(n), *(g.name(q) for _, q, _ in items)),
+                    f"{n.op_type} runs in float between INT8 layers and is re-quantized with another "
+                    f"scale: {_describe(g, items)}",
+                )
+            )
+    for n, data, weight in _weighted(g):
+        if not _is_allowed_conv(ctx, n, weight) or id(n) not in ctx.tail_free:
+            continue
+        if g.dq_source(data) is not None:
+            continue
+        ups = _upstream_conv(g, data)
+        if ups:
+            out.append(
+                Violation(
+                    "float-island",
+                    (g.name(n), *(g.name(u) for u in ups)),
+                    f"float {n.op_type} (allow_float) between INT8 layers: it reads "
+                    f"{', '.join(g.name(u) for u in ups)} without Q/DQ and its output is quantized again",
+                )
+            )
+    return out
+
+
+def check_qdq_format(ctx: _Context) -> list[Violation]:
+    """``qdq-format``: 8-bit symmetric Q/DQ, per-tensor activations, matching Q->DQ pairs."""
+    g, out = ctx.g, []
+    for n in g.live_nodes(Q, DQ):
+        weight = g.is_weight(n)
+        qp = g.qparams(n)
+        name = g.name(n)
+        if qp is None:
+            out.append(Violation("qdq-format", (name,), "scale or zero point is not a constant"))
+            continue
+        problems = []
+        if not (np.all(np.isfinite(qp.scale)) and np.all(qp.scale > 0)):
+            problems.append("non-positive or non-finite scale")
+        ok_types = ("int8",) if weight else ("int8", "uint8")
+        if qp.dtype not in ok_types:
+            problems.append(f"{qp.dtype} (want {' or '.join(ok_types)})")
+        elif np.any(qp.offset != 0):
+            want = "0" if qp.dtype == "int8" else "128"
+            problems.append(
+                f"asymmetric: {qp.dtype} zero point {qp.zero_point.ravel()[:4].tolist()} (want {want})"
+            )
+        if not weight and not qp.per_tensor:
+            problems.append(f"activation quantized per channel ({qp.scale.size} scales)")
+        if problems:
+            out.append(Violation("qdq-format", (name,), "; ".join(problems)))
+        if n.op_type == Q:
+            for d in g.live_consumers(n.output[0]):
+                if d.op_type != DQ:
+                    continue
+                dp = g.qparams(d)
+                if dp is not None and not (qp.same(dp) and qp.dtype == dp.dtype):
+                    out.append(
+                        Violation(
+                            "qdq-format",
+                            (name, g.name(d)),
+                            f"Q and its DQ disagree: {qp.describe()} vs {dp.describe()}",
+                        )
+                    )
+    return out
+
+
+#: rule id -> check, in report order
+CHECKS: dict[str, Callable[[_Context], list[Violation]]] = {
+    "conv-input": check_conv_input,
+    "conv-weight": check_conv_weight,
+    "concat-scale": check_concat_scale,
+    "add-scale": check_add_scale,
+    "pool-scale": check_pool_scale,
+    "resize-scale": check_resize_scale,
+    "float-island": check_float_island,
+    "qdq-format": check_qdq_format,
+}
+
+
+def load_model(path: str | Path) -> onnx.ModelProto:
+    """Read an ONNX file; a missing or malformed file is a :class:`UserError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such ONNX file")
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:  # protobuf decode errors and the like
+        raise UserError(f"{p}: not a readable ONNX model ({type(e).__name__})") from None
+    if not model.graph.node or not model.graph.output:
+        raise UserError(f"{p}: not an ONNX model (no graph nodes or outputs)")
+    return model
+
+
+def lint(
+    model: onnx.ModelProto | str | Path,
+    allow_float: Sequence[str] = DEFAULT_ALLOW_FLOAT,
+    rules: Iterable[str] | None = None,
+) -> LintReport:
+    """Check ``model`` (a ModelProto or an ONNX file) against the Q/DQ rules (:data:`RULES`).
+
+    ``allow_float``: name patterns of the convs that may stay float (default: the DFL's conv).
+    ``rules``: a subset of rule ids to run (default: all). ``stats`` holds every count of
+    :data:`STAT_KEYS` (live / dead nodes, convs and INT8 convs, Q, DQ, Q->DQ pairs by role, the
+    float ``tail_nodes`` after the last activation Q, and how many concats / adds / pools / resizes
+    the scale rules checked).
+    """
+    source = ""
+    if not isinstance(model, onnx.ModelProto):
+        source = str(model)
+        model = load_model(model)
+    source = source or model.graph.name
+    g = QdqGraph(model)
+    selected = list(RULES) if rules is None else list(rules)
+    unknown = [r for r in selected if r not in CHECKS]
+    if unknown:
+        raise UserError(f"unknown lint rule(s) {', '.join(unknown)}; rules: {', '.join(RULES)}")
+    live = g.live_nodes()
+    stats: Counter = Counter(dict.fromkeys(STAT_KEYS, 0))
+    stats.update(nodes=len(live), dead_nodes=len(g.nodes) - len(live))
+    allowed: list[str] = []
+    for n, data, weight in _weighted(g):
+        stats["convs"] += 1
+        if g.dq_source(data) is not None and g.dq_source(weight) is not None:
+            stats["convs_int8"] += 1
+        elif _allowed(g.name(n), weight, allow_float):
+            allowed.append(g.name(n))
+    stats["convs_allowed_float"] = len(allowed)
+    for n in live:
+        if n.op_type in (Q, DQ):
+            kind = "weight" if g.is_weight(n) else "activation"
+            stats["q" if n.op_type == Q else "dq"] += 1
+            stats[f"{kind}_{'q' if n.op_type == Q else 'dq'}"] += 1
+            if n.op_type == Q:
+                stats["qdq_pairs"] += sum(d.op_type == DQ for d in g.live_consumers(n.output[0]))
+    if not stats["q"] and not stats["dq"]:
+        return LintReport([], dict(stats), quantized=False, source=source)
+    tail_free = g.head_of_q()
+    stats["tail_nodes"] = sum(
+        1 for n in live if n.output and g.is_act(n.output[0]) and id(n) not in tail_free
+    )
+    ctx = _Context(g, tuple(allow_float), stats, tail_free)
+    violations: list[Violation] = []
+    for rule in RULES:
+        if rule in selected:
+            violations.extend(CHECKS[rule](ctx))
+    return LintReport(violations, dict(stats), quantized=True, allowed_float=allowed, source=source)
+
+
+def lint_file(path: str | Path, allow_float: Sequence[str] = DEFAULT_ALLOW_FLOAT) -> tuple[int, str]:
+    """``(exit code, text)`` for a command line: 0 ok, 1 violations or not quantized, 2 a missing or
+    malformed file (one line)."""
+    try:
+        report = lint(path, allow_float=allow_float)
+    except UserError as e:
+        return UserError.exit_code, str(e)
+    return (0 if report.ok else 1), report.format()

@@ -1,0 +1,161 @@
+"""ONNX export of float and QAT (Q/DQ) models: plain (``output0``: (B, 4 + nc, A)) or end-to-end
+(NMS inside the graph, see :mod:`yolov9_qat.export.end2end`).
+
+The file is written atomically; its metadata (``names``, ``stride``, ``imgsz``, ``activation``,
+``precision``, ``end2end`` ...) travels in the ONNX ``metadata_props`` so that the ONNX Runtime and
+TensorRT backends know what they run without the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+from torch import nn
+
+from yolov9_qat import __version__
+from yolov9_qat.errors import UserError
+from yolov9_qat.export.end2end import FLAVOURS, OUTPUT_NAMES, End2End
+from yolov9_qat.models.yolo import DetectionModel
+from yolov9_qat.utils.files import atomic_save
+
+log = logging.getLogger("yolov9_qat.export")
+
+MIN_QDQ_OPSET = 13  # per-channel QuantizeLinear / DequantizeLinear (axis attribute)
+DEFAULT_OPSET = 17
+
+
+@dataclass
+class ExportOptions:
+    imgsz: int = 640
+    batch: int = 1
+    dynamic: bool = False
+    simplify: bool = False
+    opset: int = DEFAULT_OPSET
+    end2end: str | None = None  # None, "trt" or "onnx"
+    iou_thres: float = 0.45
+    conf_thres: float = 0.25
+    max_det: int = 100
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return hasattr(model, "qat")
+
+
+def load_for_export(weights: str | Path) -> tuple[DetectionModel, dict[str, Any]]:
+    """The model a checkpoint holds, ready to export: a QAT checkpoint's fake-quantized model, or the
+    fused float GELAN model (a dual-head YOLOv9 is reparameterized first)."""
+    from yolov9_qat.models import checkpoint
+    from yolov9_qat.quant.io import apply_qat_state, is_qat_checkpoint
+    from yolov9_qat.quant.pipeline import load_float_model
+
+    ck = checkpoint.load(weights)
+    if is_qat_checkpoint(ck):
+        model = apply_qat_state(ck.model, ck.extra["qat"], where=str(weights))
+        return model, {"precision": "int8", "source_meta": ck.meta}
+    model, info = load_float_model(weights)
+    return model, {"precision": "fp32", "source_meta": info}
+
+
+def metadata(model: DetectionModel, opts: ExportOptions, precision: str) -> dict[str, str]:
+    """The ``metadata_props`` written into every exported file."""
+    meta = {
+        "producer": f"yolov9-qat {__version__}",
+        "names": json.dumps(list(model.names)),
+        "nc": str(model.nc),
+        "stride": json.dumps([int(s) for s in model.stride.tolist()]),
+        "imgsz": json.dumps([opts.imgsz, opts.imgsz]),
+        "activation": str(model.activation),
+        "cfg": str(model.cfg_name),
+        "precision": precision,
+        "dynamic": json.dumps(bool(opts.dynamic)),
+        "end2end": opts.end2end or "",
+    }
+    if opts.end2end:
+        meta["nms"] = json.dumps(
+            {"iou_thres": opts.iou_thres, "conf_thres": opts.conf_thres, "max_det": opts.max_det}
+        )
+    meta.update({k: str(v) for k, v in opts.extra_metadata.items()})
+    return meta
+
+
+def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
+    """The metadata :func:`metadata` wrote (JSON values decoded), ``{}`` for foreign files."""
+    out: dict[str, Any] = {}
+    for p in model.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except (json.JSONDecodeError, ValueError):
+            out[p.key] = p.value
+    return out
+
+
+def _set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Fold constants and drop dead nodes with onnxslim (keeps Q/DQ and plugin nodes)."""
+    import onnxslim
+
+    try:
+        slim = onnxslim.slim(proto)
+    except Exception as e:  # the simplifier is an optimisation: never lose the export over it
+        log.warning("onnxslim failed (%s); keeping the unsimplified graph", str(e).splitlines()[0])
+        return proto
+    return slim if slim is not None else proto
+
+
+def export_onnx(
+    model: DetectionModel, out: str | Path, opts: ExportOptions, precision: str | None = None
+) -> Path:
+    """Export ``model`` (float or quantized, eval mode, CPU) to ``out`` and return the path."""
+    if opts.opset < MIN_QDQ_OPSET and is_quantized(model):
+        raise UserError(f"--opset {opts.opset}: Q/DQ graphs need opset {MIN_QDQ_OPSET} or newer")
+    if opts.end2end is not None and opts.end2end not in FLAVOURS:
+        raise UserError(f"--nms {opts.end2end}: choose one of {', '.join(FLAVOURS)}")
+    stride = int(model.stride.max())
+    if opts.imgsz % stride:
+        raise UserError(f"--img {opts.imgsz} is not a multiple of the model's stride {stride}")
+    precision = precision or ("int8" if is_quantized(model) else "fp32")
+    model = model.cpu().eval()
+    net: nn.Module = model
+    outputs = ["output0"]
+    if opts.end2end:
+        net = End2End(model, opts.end2end, opts.iou_thres, opts.conf_thres, opts.max_det).eval()
+        outputs = list(OUTPUT_NAMES)
+    x = torch.zeros(opts.batch, 3, opts.imgsz, opts.imgsz)
+    dynamic_axes = {name: {0: "batch"} for name in ["images", *outputs]} if opts.dynamic else None
+    out = Path(out)
+
+    def write(tmp: Path) -> None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer chatter about shapes and Q/DQ
+            torch.onnx.export(
+                net, (x,), str(tmp), dynamo=False, opset_version=opts.opset, input_names=["images"],
+                output_names=outputs, dynamic_axes=dynamic_axes, do_constant_folding=True,
+            )  # fmt: skip
+        proto = onnx.load(str(tmp))
+        if opts.simplify:
+            proto = simplify(proto)
+        _set_metadata(proto, metadata(model, opts, precision))
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+
+    return atomic_save(out, write)
+
+
+def default_output(weights: str | Path, end2end: str | None) -> Path:
+    """``best.pt`` -> ``best.onnx``; end-to-end: ``best-end2end-trt.onnx`` / ``best-end2end-onnx.onnx``."""
+    p = Path(weights)
+    return p.with_name(f"{p.stem}-end2end-{end2end}.onnx" if end2end else f"{p.stem}.onnx")

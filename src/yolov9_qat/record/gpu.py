@@ -1,0 +1,188 @@
+"""The GPU record (``reproduce --profile gpu``, ``pytest -m gpu``): per activation, QAT of the user's
+converted checkpoint on the user's data, ONNX export, TensorRT engines per precision (INT8, FP16, MP)
+and batch size (1, 4, 8, 12, 16, and the Resilience engine), TensorRT evaluation.
+
+Without ``--weights`` the latency half still runs: an untrained ``gelan-c`` of each activation, PTQ
+calibrated on random images, has the same graph and the same speed as a trained one; the accuracy
+figures then need ``--weights`` and ``--data``. The TensorRT work goes through
+:mod:`yolov9_qat.runtime.trt_cli`, the same code as ``build`` / ``bench`` / ``val --backend tensorrt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from yolov9_qat.errors import UserError
+from yolov9_qat.record.cache import Cache
+from yolov9_qat.record.pipeline import ACTIVATIONS, METRIC_KEYS
+
+BATCHES = (1, 4, 8, 12, 16)
+PRECISIONS = ("int8", "fp16", "mp")  # the record's rows; fp16 runs the float (Origin) graph
+CODE = ("models", "quant", "export", "runtime", "bench", "eval", "data", "train", "cfg")
+
+
+def weights_for(template: str, act: str) -> Path | None:
+    """``--weights`` for activation ``act``: a path, or a template with ``{act}`` (one file per activation)."""
+    if not template:
+        return None
+    p = Path(template.format(act=act)) if "{act}" in template else Path(template)
+    if not p.is_file():
+        raise UserError(f"--weights {p}: no such file")
+    return p
+
+
+class GpuRecord:
+    """The steps of the GPU record over a :class:`Cache` (engines live in TensorRT's own engine cache)."""
+
+    def __init__(
+        self, cache: Cache, data: str = "", weights: str = "", img: int = 640, device: str = "0",
+        duration_s: float = 10.0, warmup_ms: float = 500.0, batches: tuple[int, ...] = BATCHES,
+    ) -> None:  # fmt: skip
+        from yolov9_qat.runtime.tensorrt import require_gpu_stack
+
+        require_gpu_stack("the GPU record")
+        self.cache, self.data, self.weights, self.img, self.device = cache, data, weights, img, device or "0"
+        self.duration_s, self.warmup_ms, self.batches = duration_s, warmup_ms, tuple(batches)
+        self.gpu = torch.cuda.get_device_name(int(self.device.split(",")[0]))
+
+    def _key(self, act: str) -> dict[str, Any]:
+        w = weights_for(self.weights, act)
+        return {"act": act, "img": self.img, "data": self.data, "weights": str(w) if w else "",
+                "weights_size": w.stat().st_size if w else 0}  # fmt: skip
+
+    def models(self, act: str) -> Path:
+        """Folder with ``fp32.onnx`` and ``int8.onnx`` (and ``summary.json`` when trained weights were given)."""
+        from yolov9_qat.export.onnx import ExportOptions, export_onnx, load_for_export
+
+        def build(tmp: Path) -> None:
+            opts = ExportOptions(imgsz=self.img, dynamic=True, simplify=True)
+            w = weights_for(self.weights, act)
+            if w is not None and self.data:
+                from yolov9_qat.quant.pipeline import quantize
+
+                summary = quantize(
+                    w, self.data, img=self.img, device=self.device, project=tmp, name="qat", exist_ok=True
+                )
+                (tmp / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+                qat, _ = load_for_export(summary["weights_out"]["qat_best"])
+                fp32, _ = load_for_export(w)
+            else:
+                fp32, qat = _untrained_pair(act, self.img)
+            export_onnx(fp32, tmp / "fp32.onnx", opts, precision="fp32")
+            export_onnx(qat, tmp / "int8.onnx", opts, precision="int8")
+
+        return self.cache.get("gpu_models", self._key(act), build, CODE)
+
+    def accuracy(self, act: str) -> dict[str, dict[str, float]]:
+        """Origin (Pytorch), INT8 (Pytorch), INT8 (TensorRT); empty without ``--weights`` and ``--data``."""
+        folder = self.models(act)
+        if not (folder / "summary.json").is_file():
+            return {}
+        summary = json.loads((folder / "summary.json").read_text())
+
+        def build(tmp: Path) -> None:
+            from yolov9_qat.data.config import load_data_yaml
+            from yolov9_qat.eval.evaluator import Evaluator
+            from yolov9_qat.runtime.trt_cli import tensorrt_val_predictor
+
+            data = load_data_yaml(self.data)
+            ns = argparse.Namespace(
+                weights=str(folder / "int8.onnx"),
+                img=self.img,
+                batch_size=32,
+                device=self.device,
+                precision="int8",
+            )
+            result = Evaluator.for_data(data, self.img, batch_size=32).run(tensorrt_val_predictor(ns, data))
+            (tmp / "metrics.json").write_text(json.dumps(result, default=str))
+
+        out = self.cache.get("gpu_val", {**self._key(act), "gpu": self.gpu}, build, CODE)
+        trt = json.loads((out / "metrics.json").read_text())
+        pick = lambda m: {k: float(m[k]) for k in METRIC_KEYS}  # noqa: E731
+        return {
+            "origin_pytorch": pick(summary["origin"]),
+            "int8_pytorch": pick(summary["best"]),
+            "int8_tensorrt": pick(trt),
+        }
+
+    def latency(self, act: str, precision: str) -> dict[str, dict[str, float]]:
+        """Rows ``"1"`` ... ``"16"`` and ``"resilience"``: p99 ms, qps, images/s (trtexec's method)."""
+        from yolov9_qat.runtime.trt_cli import bench_tensorrt
+
+        onnx = self.models(act) / ("fp32.onnx" if precision == "fp16" else "int8.onnx")
+
+        def build(tmp: Path) -> None:
+            ns = argparse.Namespace(
+                model=str(onnx), precision=precision, img=self.img, device=self.device, warmup_ms=self.warmup_ms,
+                duration_s=self.duration_s, use_cuda_graph=True, use_spin_wait=True, no_data_transfers=True,
+                resilience=True, runner="polygraphy",
+            )  # fmt: skip
+            (tmp / "bench.json").write_text(json.dumps(bench_tensorrt(ns, list(self.batches)), default=str))
+
+        key = {
+            **self._key(act),
+            "precision": precision,
+            "gpu": self.gpu,
+            "batches": self.batches,
+            "duration": self.duration_s,
+        }
+        report = json.loads((self.cache.get("gpu_bench", key, build, CODE) / "bench.json").read_text())
+        rows = {}
+        for r in report["results"]:
+            name = "resilience" if r.get("label") == "Resilience" else str(r["batch"])
+            rows[name] = {"p99_ms": r["latency_ms"]["p99"], "qps": r["throughput_qps"], "ips": r["ips"]}
+        return rows
+
+    def run(self, activations: tuple[str, ...] = ACTIVATIONS) -> dict[str, Any]:
+        from yolov9_qat.bench.device import cuda_device
+
+        dev = cuda_device(int(self.device.split(",")[0]))
+        record: dict[str, Any] = {
+            "source": "yolov9-qat reproduce --profile gpu",
+            "device": {
+                "name": dev["Device"],
+                "compute_capability": dev["Compute Capability"],
+                "sms": dev["SMs"],
+            },
+            "latency": {a: {p: self.latency(a, p) for p in PRECISIONS} for a in activations},
+        }
+        accuracy = {a: acc for a in activations if (acc := self.accuracy(a))}
+        if accuracy:
+            record["accuracy"] = accuracy
+        return record
+
+
+def _untrained_pair(act: str, img: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A float gelan-c of activation ``act`` and its PTQ-calibrated Q/DQ twin (for latency only)."""
+    import copy
+
+    from yolov9_qat.models.yolo import DetectionModel
+    from yolov9_qat.quant.quantize import calibrate, prepare_qat_model
+
+    torch.manual_seed(0)
+    fp32 = DetectionModel("gelan-c", nc=80, activation=act).fuse().eval()
+    qat = prepare_qat_model(copy.deepcopy(fp32), calib_method="max")
+    calibrate(qat, [torch.rand(2, 3, img, img) for _ in range(2)], n_batches=2)
+    return fp32, qat.eval()
+
+
+def run_gpu_record(args: argparse.Namespace) -> int:
+    """``yolov9-qat reproduce --profile gpu``."""
+    from yolov9_qat.record.report import write_report
+    from yolov9_qat.utils.runs import run_dir
+
+    acts = tuple(a for a in (args.activations or ",".join(ACTIVATIONS)).split(",") if a)
+    rec = GpuRecord(
+        Cache(args.cache_dir or None), data=args.data, weights=args.weights, img=args.img, device=args.device
+    )
+    record = rec.run(acts)
+    save_dir = run_dir(args.project, args.name, args.exist_ok)
+    paths = write_report(record, save_dir, title="yolov9-qat record (GPU, TensorRT)")
+    print((save_dir / "record.md").read_text())
+    print(f"record: {paths['markdown']}")
+    return 0

@@ -1,0 +1,497 @@
+"""Command-line glue of the TensorRT tier: ``yolov9-qat build``, and the TensorRT parts of ``bench``
+(``--backend tensorrt``) and ``val`` (``--backend tensorrt``).
+
+Everything a user can get wrong (paths, shape specs, a precision the graph cannot give, no GPU, no
+TensorRT) is checked before anything is built and ends in one :class:`UserError` line. Input errors
+are reported before environment errors, so a CPU machine still tells you about a bad ``--min-shapes``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from yolov9_qat.errors import UserError
+from yolov9_qat.runtime.engine_cache import (
+    PRECISIONS,
+    BuildOptions,
+    ShapeProfile,
+    parse_shape_spec,
+    sidecar_paths,
+)
+from yolov9_qat.runtime.precision_graphs import check_precision, default_precision, graph_info
+
+log = logging.getLogger("yolov9_qat.runtime")
+
+RUNNERS = ("polygraphy", "trtexec")
+PRECISION_CHOICES = ("auto", *PRECISIONS)
+DEPLOY_PROFILE = (1, 4, 8)  # the record's deployment engine: min 1, opt 4, max 8
+RESILIENCE = {"min": 1, "opt": 4, "max": 8, "batch": 8}  # DESIGN.md: that engine measured at batch 8
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+
+def _add(p: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
+    """``add_argument`` unless the parser already has one of these flags (shared by bench / val)."""
+    if any(f in p._option_string_actions for f in flags):
+        return
+    p.add_argument(*flags, **kw)
+
+
+def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    _add(p, "--precision", choices=PRECISION_CHOICES, default="auto",
+         help="fp32 | fp16 (float graph) | int8 | mp (Q/DQ graph; mp = INT8 + FP16, the record's "
+              "--int8 --fp16); auto: mp for a Q/DQ graph, fp16 otherwise")  # fmt: skip
+    _add(p, "--timing-cache", default=None,
+         help="timing cache file (default: <onnx stem>.engine.timing.cache beside the ONNX)")  # fmt: skip
+    _add(p, "--no-timing-cache", action="store_true", help="build without a timing cache")
+    _add(p, "--workspace", type=float, default=None, help="builder workspace limit in GiB")
+    _add(
+        p,
+        "--builder-optimization-level",
+        type=int,
+        default=None,
+        help="TensorRT builder optimization level 0..5",
+    )
+    _add(
+        p,
+        "--runner",
+        choices=RUNNERS,
+        default="polygraphy",
+        help="build / measure with polygraphy or trtexec",
+    )
+    _add(p, "--engine-cache", default=None, help="engine cache folder (default ~/.cache/yolov9_qat/engines)")
+    _add(p, "--device", default="", help="CUDA device index")
+
+
+def add_build_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``yolov9-qat build``."""
+    _add(p, "--onnx", required=True, help="ONNX file (plain or end-to-end; float or Q/DQ)")
+    _add(p, "--min-shapes", default=None, help="e.g. images:1x3x640x640 (default: batch 1)")
+    _add(p, "--opt-shapes", default=None, help="e.g. images:4x3x640x640 (default: batch 4)")
+    _add(p, "--max-shapes", default=None, help="e.g. images:8x3x640x640 (default: batch 8)")
+    _add(p, "--img", "--imgsz", type=int, default=None, help="image size when the ONNX input size is dynamic")
+    _add(p, "--save-engine", default=None, help="engine path (default: <onnx stem>.<precision>.engine)")
+    _add(p, "--generate-graph", action="store_true", help="also render the engine graph as SVG")
+    _add(p, "--json-out", default=None, help="also write the build summary here")
+    _add_engine_arguments(p)
+
+
+def add_trt_bench_arguments(p: argparse.ArgumentParser) -> None:
+    """TensorRT flags of ``bench`` (trtexec's method); flags the parser already has are left alone."""
+    _add(p, "--warm-up", dest="warmup_ms", type=float, default=500.0, help="warm-up in ms (trtexec --warmUp)")
+    _add(p, "--duration", dest="duration_s", type=float, default=10.0, help="measuring time per batch in s")
+    _add(p, "--use-cuda-graph", action="store_true", help="launch inferences as a captured CUDA graph")
+    _add(p, "--use-spin-wait", action="store_true", help="spin on the GPU event instead of a blocking wait")
+    _add(p, "--no-data-transfers", action="store_true", help="no host <-> device copies in the loop")
+    _add(p, "--resilience", action="store_true",
+         help="add the 'Resilience' row: the min 1 / opt 4 / max 8 engine measured at batch 8")  # fmt: skip
+    _add(p, "--img", "--imgsz", type=int, default=None, help="image size when the ONNX input size is dynamic")
+    _add_engine_arguments(p)
+
+
+def add_trt_val_arguments(p: argparse.ArgumentParser) -> None:
+    """TensorRT flags of ``val`` (the parser's own ``--img`` / ``--batch-size`` / ``--device`` are used)."""
+    _add_engine_arguments(p)
+
+
+# --- resolving arguments ---------------------------------------------------------------------------
+def _onnx_path(path: str | None, flag: str = "--onnx") -> Path:
+    if not path:
+        raise UserError(f"{flag} is required")
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{flag} {p}: no such file")
+    if p.suffix.lower() != ".onnx":
+        raise UserError(f"{flag} {p}: expected an .onnx file")
+    return p
+
+
+def resolve_precision(precision: str | None, onnx: Path, info: dict[str, Any] | None = None) -> str:
+    """``auto`` -> ``mp`` for a Q/DQ graph, ``fp16`` for a float one; then check the graph can give it."""
+    info = info or graph_info(onnx)
+    if precision in (None, "", "auto"):
+        precision = default_precision(onnx)
+    check_precision(onnx, precision, info)
+    return precision
+
+
+def image_input(info: dict[str, Any], img: int | None = None) -> tuple[str, tuple[int, int, int]]:
+    """The image input's name and (C, H, W): static dims from the ONNX, dynamic ones from ``img`` (640)."""
+    if len(info["inputs"]) != 1:
+        raise UserError(f"expected one image input, the ONNX has {sorted(info['inputs'])}")
+    name, dims = next(iter(info["inputs"].items()))
+    if len(dims) != 4:
+        raise UserError(f"input {name!r} has shape {dims}; expected (batch, 3, H, W)")
+    c = dims[1] if isinstance(dims[1], int) and dims[1] > 0 else 3
+    hw = []
+    for d in dims[2:]:
+        if isinstance(d, int) and d > 0:
+            if img is not None and img != d:
+                raise UserError(f"--img {img}: the ONNX input {name!r} is fixed at {dims[2]}x{dims[3]}")
+            hw.append(d)
+        else:
+            hw.append(img or 640)
+    return name, (c, hw[0], hw[1])
+
+
+def resolve_profile(
+    info: dict[str, Any],
+    min_spec: str | None,
+    opt_spec: str | None,
+    max_spec: str | None,
+    img: int | None = None,
+    default: tuple[int, int, int] = DEPLOY_PROFILE,
+) -> ShapeProfile:
+    """The optimization profile from ``--min/--opt/--max-shapes`` (all three, or ``--opt-shapes``
+    alone for a fixed shape), else ``default`` batches at the ONNX's image size; checked against
+    the ONNX's inputs."""
+    name, chw = image_input(info, img)
+    given = [s is not None for s in (min_spec, opt_spec, max_spec)]
+    if not any(given):
+        return ShapeProfile.for_batches(chw, *default, name=name)
+    if given == [False, True, False]:
+        profile = ShapeProfile.parse(opt_spec, opt_spec, opt_spec)  # type: ignore[arg-type]
+    elif all(given):
+        profile = ShapeProfile.parse(min_spec, opt_spec, max_spec)  # type: ignore[arg-type]
+    else:
+        raise UserError("give --min-shapes, --opt-shapes and --max-shapes together (or --opt-shapes alone)")
+    for inp, shape in profile.max.items():
+        if inp not in info["inputs"]:
+            raise UserError(f"the ONNX has no input {inp!r} (its inputs: {', '.join(info['inputs'])})")
+        dims = info["inputs"][inp]
+        if len(dims) != len(shape):
+            raise UserError(f"input {inp!r} has {len(dims)} dimensions, the shape spec gives {len(shape)}")
+        for i, d in enumerate(dims):
+            if isinstance(d, int) and d > 0 and not (profile.min[inp][i] == shape[i] == d):
+                raise UserError(
+                    f"input {inp!r}: dimension {i} is fixed at {d} in the ONNX, the shape specs differ"
+                )
+    return profile
+
+
+def _timing_cache(args: argparse.Namespace, onnx: Path) -> str | None:
+    if getattr(args, "no_timing_cache", False):
+        return None
+    tc = getattr(args, "timing_cache", None)
+    return str(tc) if tc else str(onnx.with_name(onnx.stem + ".engine.timing.cache"))
+
+
+def build_options(
+    args: argparse.Namespace, onnx: Path, precision: str, profile: ShapeProfile
+) -> BuildOptions:
+    return BuildOptions(
+        precision,
+        profile,
+        workspace_gib=getattr(args, "workspace", None),
+        optimization_level=getattr(args, "builder_optimization_level", None),
+        timing_cache=_timing_cache(args, onnx),
+    )
+
+
+def _check_environment(what: str, runner: str) -> None:
+    from yolov9_qat.runtime.tensorrt import require_gpu_stack
+
+    if runner not in RUNNERS:
+        raise UserError(f"--runner {runner!r}: choose one of {', '.join(RUNNERS)}")
+    if runner == "trtexec":
+        from yolov9_qat.runtime.trtexec import find_trtexec
+
+        find_trtexec()  # GPU facts then come from PyTorch or nvidia-smi (gpu_name_and_cc)
+    else:
+        require_gpu_stack(what)
+
+
+# --- build -----------------------------------------------------------------------------------------
+def cmd_build(args: argparse.Namespace) -> int:
+    """``yolov9-qat build``: the engine for an ONNX file, through the engine cache."""
+    from yolov9_qat.runtime.inspect_engine import format_summary, render_svg
+    from yolov9_qat.runtime.tensorrt import build_cached, device_index
+    from yolov9_qat.utils.files import atomic_write_json
+
+    onnx = _onnx_path(getattr(args, "onnx", None))
+    info = graph_info(onnx)
+    precision = resolve_precision(getattr(args, "precision", "auto"), onnx, info)
+    profile = resolve_profile(
+        info, getattr(args, "min_shapes", None), getattr(args, "opt_shapes", None), getattr(args, "max_shapes", None),
+        getattr(args, "img", None),
+    )  # fmt: skip
+    options = build_options(args, onnx, precision, profile)
+    runner = getattr(args, "runner", "polygraphy") or "polygraphy"
+    device = device_index(getattr(args, "device", ""))
+    _check_environment("yolov9-qat build", runner)
+    save = (
+        Path(args.save_engine)
+        if getattr(args, "save_engine", None)
+        else onnx.with_name(f"{onnx.stem}.{precision}.engine")
+    )
+    cached = build_cached(
+        onnx,
+        options,
+        cache_dir=getattr(args, "engine_cache", None),
+        save_engine=save,
+        device=device,
+        runner=runner,
+    )
+    how = "cache hit" if cached.hit else f"built in {cached.build_s:.1f} s"
+    print(f"engine: {save} ({precision}, {how}; cache {cached.engine})")
+    lo, opt, hi = profile.specs()
+    print(f"profile: min {lo}  opt {opt}  max {hi}")
+    summary = cached.summary
+    if summary:
+        print(f"layers: {format_summary(summary)}")
+    result: dict[str, Any] = {
+        "engine": str(save),
+        "onnx": str(onnx),
+        "precision": precision,
+        "profile": profile.to_json(),
+        "cache_key": cached.key,
+        "cache_hit": cached.hit,
+        "build_s": cached.build_s,
+        "target": {
+            k: cached.metadata["inputs"].get(k) for k in ("trt_version", "gpu_name", "compute_capability")
+        },
+        "layers": summary,
+    }
+    if getattr(args, "generate_graph", False):
+        graph_json = save.with_name(save.name + ".graph.json")
+        if graph_json.is_file():
+            result["graph"] = str(render_svg(graph_json, save.with_name(save.name + ".svg")))
+            print(f"graph: {result['graph']}")
+        else:
+            print("graph: no layer information was recorded for this engine")
+    if getattr(args, "json_out", None):
+        atomic_write_json(args.json_out, result)
+    return 0
+
+
+# --- bench -----------------------------------------------------------------------------------------
+def _bench_source(args: argparse.Namespace) -> tuple[Path, bool]:
+    """``--model`` (or ``--onnx`` / ``--weights``): (path, is_engine)."""
+    path = getattr(args, "model", None) or getattr(args, "onnx", None) or getattr(args, "weights", None)
+    if not path:
+        raise UserError("--model is required (an .onnx file or a TensorRT engine)")
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--model {p}: no such file")
+    if p.suffix.lower() in ENGINE_SUFFIXES:
+        return p, True
+    if p.suffix.lower() != ".onnx":
+        raise UserError(
+            f"--model {p}: expected an .onnx file or a TensorRT engine ({', '.join(ENGINE_SUFFIXES)})"
+        )
+    return p, False
+
+
+def _engines_for(args: argparse.Namespace, profile_for: Any) -> tuple[Any, str]:
+    """(batch -> engine path, precision) for ``--model``: per-batch engines built through the cache
+    from an ONNX (``profile_for(batch)`` gives the profile), or the given engine for every batch."""
+    from yolov9_qat.runtime.tensorrt import build_cached, device_index
+
+    path, is_engine = _bench_source(args)
+    runner = getattr(args, "runner", "polygraphy") or "polygraphy"
+    device = device_index(getattr(args, "device", ""))
+    if is_engine:
+        _check_environment("the TensorRT benchmark", "polygraphy")
+        precision = getattr(args, "precision", None)
+        if precision in (None, "", "auto"):
+            meta = sidecar_paths(path)["meta"]
+            precision = (
+                json.loads(meta.read_text()).get("inputs", {}).get("precision", "") if meta.is_file() else ""
+            )
+        return (lambda batch: path), str(precision)
+    info = graph_info(path)
+    precision = resolve_precision(getattr(args, "precision", "auto"), path, info)
+    name, chw = image_input(info, getattr(args, "img", None))
+    _check_environment("the TensorRT benchmark", runner)
+    built: dict[int, Path] = {}
+
+    def engine_for(batch: int) -> Path:
+        if batch not in built:
+            profile = profile_for(batch, chw, name)
+            options = build_options(args, path, precision, profile)
+            cached = build_cached(
+                path, options, cache_dir=getattr(args, "engine_cache", None), device=device, runner=runner
+            )
+            built[batch] = cached.engine
+        return built[batch]
+
+    return engine_for, precision
+
+
+def _runner_flags(args: argparse.Namespace) -> dict[str, Any]:
+    from yolov9_qat.runtime.tensorrt import device_index
+
+    return {
+        "device": device_index(getattr(args, "device", "")),
+        "use_cuda_graph": bool(getattr(args, "use_cuda_graph", False)),
+        "spin_wait": bool(getattr(args, "use_spin_wait", False)),
+        "no_data_transfers": bool(getattr(args, "no_data_transfers", False)),
+    }
+
+
+def make_trt_runner(args: argparse.Namespace) -> Any:
+    """The harness runner for ``bench --backend tensorrt``: one engine per batch size ``b`` with the
+    record's benchmark profile (min 1, opt = max = b), built through the engine cache; or the given
+    engine for every batch."""
+    from yolov9_qat.runtime.tensorrt import TensorRTRunner
+
+    engines, precision = _engines_for(args, lambda b, chw, name: ShapeProfile.for_batches(chw, 1, b, b, name))
+    runner = TensorRTRunner(engines, **_runner_flags(args))
+    runner.precision = precision  # type: ignore[attr-defined]
+    return runner
+
+
+def make_resilience_runner(args: argparse.Namespace) -> Any:
+    """The runner of the "Resilience" row: the (min 1, opt 4, max 8) engine; measure it at batch 8."""
+    from yolov9_qat.runtime.tensorrt import TensorRTRunner
+
+    r = RESILIENCE
+    engines, precision = _engines_for(
+        args, lambda b, chw, name: ShapeProfile.for_batches(chw, r["min"], r["opt"], r["max"], name)
+    )
+    runner = TensorRTRunner(engines, **_runner_flags(args))
+    runner.precision = precision  # type: ignore[attr-defined]
+    return runner
+
+
+def engine_layers(engine: str | Path) -> dict[str, Any] | None:
+    """The layer summary stored beside an engine (``<engine>.layers.json``), counts only."""
+    p = Path(engine)
+    side = p.with_name(p.name + ".layers.json")
+    if not side.is_file():
+        return None
+    data = json.loads(side.read_text())
+    return {k: v for k, v in data.items() if k not in ("layers",)}
+
+
+def bench_tensorrt(args: argparse.Namespace, batches: list[int] | None = None) -> dict[str, Any]:
+    """``bench --backend tensorrt`` in one call: every batch size, the Resilience row with
+    ``--resilience``, the engines' layer summaries and, for INT8 / MP engines, the reasons INT8 may
+    not beat FP16. ``--runner trtexec`` drives trtexec instead and parses its summaries. Returns the
+    harness's report layout (``results`` entries may carry ``label``)."""
+    from yolov9_qat.bench.harness import BenchConfig, measure, parse_batches, run_benchmark
+    from yolov9_qat.runtime.inspect_engine import explain_int8
+
+    if batches is None:
+        raw = getattr(args, "batch", None) or "1,4,8,12,16"
+        batches = parse_batches(
+            raw if isinstance(raw, str) else [int(b) for b in ([raw] if isinstance(raw, int) else raw)]
+        )
+    config = BenchConfig(
+        warmup_ms=float(getattr(args, "warmup_ms", 500.0)),
+        duration_s=float(getattr(args, "duration_s", 10.0)),
+    )
+    if (getattr(args, "runner", "polygraphy") or "polygraphy") == "trtexec":
+        report = _bench_trtexec(args, batches)
+    else:
+        runner = make_trt_runner(args)
+        report = run_benchmark(
+            runner, batches, config, model=str(_bench_source(args)[0]), precision=runner.precision
+        )
+        engines = dict(runner.engines_used)
+        if getattr(args, "resilience", False):
+            res = make_resilience_runner(args)
+            row = asdict(measure(res.prepare(RESILIENCE["batch"]), RESILIENCE["batch"], config))
+            row["label"] = "Resilience"
+            report["results"].append(row)
+            engines["resilience"] = res.engines_used[RESILIENCE["batch"]]
+        report["runner"] = "polygraphy"
+        report["flags"] = {k: v for k, v in _runner_flags(args).items() if k != "device"}
+        report["engines"] = {str(k): {"engine": v, "layers": engine_layers(v)} for k, v in engines.items()}
+    if report.get("precision") in ("int8", "mp"):
+        notes: list[str] = []
+        for entry in report.get("engines", {}).values():
+            if entry.get("layers"):
+                notes = explain_int8(entry["layers"])
+                break
+        report["int8_notes"] = notes
+    return report
+
+
+def _bench_trtexec(args: argparse.Namespace, batches: list[int]) -> dict[str, Any]:
+    from yolov9_qat.runtime import trtexec
+    from yolov9_qat.runtime.tensorrt import device_index, strongly_typed_env
+
+    path, is_engine = _bench_source(args)
+    if is_engine:
+        raise UserError(
+            "--runner trtexec benchmarks from the ONNX (the record's method); give --model F.onnx"
+        )
+    info = graph_info(path)
+    precision = resolve_precision(getattr(args, "precision", "auto"), path, info)
+    name, chw = image_input(info, getattr(args, "img", None))
+    _check_environment("the TensorRT benchmark", "trtexec")
+    exe = trtexec.find_trtexec()
+    typed = trtexec.version_major(trtexec.trtexec_version(exe)) >= 11 or strongly_typed_env()
+    from yolov9_qat.runtime.precision_graphs import graph_for_precision
+
+    graph = graph_for_precision(path, precision, typed)
+    flags = trtexec.BenchFlags(
+        warmup_ms=float(getattr(args, "warmup_ms", 500.0)),
+        duration_s=float(getattr(args, "duration_s", 10.0)),
+        use_cuda_graph=bool(getattr(args, "use_cuda_graph", False)),
+        use_spin_wait=bool(getattr(args, "use_spin_wait", False)),
+        no_data_transfers=bool(getattr(args, "no_data_transfers", False)),
+    )
+    out_dir = Path(getattr(args, "engine_dir", None) or path.parent)
+    report = trtexec.benchmark(
+        graph, precision, batches, chw, flags, out_dir=out_dir, input_name=name, typed=typed,
+        timing_cache=_timing_cache(args, path), workspace_gib=getattr(args, "workspace", None),
+        resilience=bool(getattr(args, "resilience", False)), device=device_index(getattr(args, "device", "")), trtexec=exe,
+        stem=path.stem,
+    )  # fmt: skip
+    report["model"] = str(path)
+    return report
+
+
+# --- val -------------------------------------------------------------------------------------------
+def tensorrt_val_predictor(args: argparse.Namespace, data: dict[str, Any] | None = None) -> Any:
+    """``predict`` for ``val --backend tensorrt`` (the record's ``val_trt.sh``): ``--weights`` is an
+    engine, or an ONNX whose engine (profile min 1, opt = max = ``--batch-size`` at ``--img``) is
+    built through the cache first. End-to-end engines return per-image detections."""
+    from yolov9_qat.runtime.tensorrt import build_cached, device_index, tensorrt_predictor
+
+    path = Path(str(getattr(args, "weights", "") or ""))
+    if not path.is_file():
+        raise UserError(f"--weights {path}: no such file")
+    device = device_index(getattr(args, "device", ""))
+    if path.suffix.lower() in ENGINE_SUFFIXES:
+        _check_environment("val --backend tensorrt", "polygraphy")
+        return tensorrt_predictor(path, device)
+    if path.suffix.lower() != ".onnx":
+        raise UserError(f"--backend tensorrt takes an .onnx file or a TensorRT engine, not {path.name}")
+    info = graph_info(path)
+    nc = info["metadata"].get("nc")
+    if data is not None and nc is not None and int(nc) != len(data["names"]):
+        raise UserError(f"{path} predicts {nc} classes, the data set has {len(data['names'])}")
+    precision = resolve_precision(getattr(args, "precision", "auto"), path, info)
+    batch = int(getattr(args, "batch_size", 32) or 32)
+    name, chw = image_input(info, getattr(args, "img", None))
+    profile = ShapeProfile.for_batches(chw, 1, batch, batch, name)
+    runner = getattr(args, "runner", "polygraphy") or "polygraphy"
+    _check_environment("val --backend tensorrt", runner)
+    cached = build_cached(
+        path, build_options(args, path, precision, profile), cache_dir=getattr(args, "engine_cache", None),
+        device=device, runner=runner,
+    )  # fmt: skip
+    log.info("TensorRT engine %s (%s)", cached.engine, "cache hit" if cached.hit else "built")
+    return tensorrt_predictor(cached.engine, device)
+
+
+__all__ = [
+    "add_build_arguments",
+    "add_trt_bench_arguments",
+    "add_trt_val_arguments",
+    "bench_tensorrt",
+    "cmd_build",
+    "engine_layers",
+    "make_resilience_runner",
+    "make_trt_runner",
+    "parse_shape_spec",
+    "resolve_profile",
+    "tensorrt_val_predictor",
+]

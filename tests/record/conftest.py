@@ -1,0 +1,26 @@
+"""Record tests: one parametrized case per documented figure; the activations come from ``--activations``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "act" in metafunc.fixturenames:
+        acts = [a for a in metafunc.config.getoption("--activations").split(",") if a]
+        metafunc.parametrize("act", acts)
+
+
+@pytest.fixture(scope="session")
+def cpu_record(cpu_pipeline) -> Any:
+    """``record(act)``: the test profile's record row of one activation (built once, then cached)."""
+    memo: dict[str, dict[str, Any]] = {}
+
+    def record(act: str) -> dict[str, Any]:
+        if act not in memo:
+            memo[act] = cpu_pipeline.activation_record(act)
+        return memo[act]
+
+    return record

@@ -1,0 +1,141 @@
+"""The CPU record (test profile): the pipeline of the published record on ONNX Runtime, per activation.
+
+Each activation's artefacts (trained yolov9-n, converted gelan-n, PTQ/QAT, ONNX files, ORT metrics,
+benchmarks) come from the shared, cached pipeline. The accuracy cases compare backends with each
+other (the issue's bounds) and with ``baselines/cpu/test-profile.yaml``, which only
+``pytest -m cpu --update-baselines`` writes; the latency cases compare the INT8 / FP32 latency ratio
+with the baseline's.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from yolov9_qat.record.baseline import load_baseline, write_device_baseline
+from yolov9_qat.record.pipeline import ACTIVATIONS, get_profile
+
+pytestmark = [pytest.mark.cpu, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU_BASELINE = ROOT / "baselines" / "cpu" / "test-profile.yaml"
+SESSION_START = time.time()
+PROFILE = get_profile("test")
+#: how far a CPU run may be from the CPU baseline: training on another CPU model rounds differently
+CPU_TOLERANCES = {
+    "latency": {"p99_ms": {"relative": 0.5}, "qps": {"relative": 0.5}, "ips": {"relative": 0.5}},
+    "accuracy": {
+        "AP": {"absolute": 0.02},
+        "AP50": {"absolute": 0.03},
+        "precision": {"absolute": 0.06},
+        "recall": {"absolute": 0.06},
+    },
+    "deltas": {
+        "AP": {"absolute": 0.01},
+        "AP50": {"absolute": 0.015},
+        "precision": {"absolute": 0.06},
+        "recall": {"absolute": 0.06},
+    },
+}
+#: a measured INT8 / FP32 latency ratio may exceed the baseline's by this factor (noisy shared CPUs)
+RATIO_SLACK = 1.5
+
+
+def _cpu_baseline():
+    if not CPU_BASELINE.is_file():
+        pytest.skip(f"{CPU_BASELINE.name} is missing: record it with `pytest -m cpu --update-baselines`")
+    return load_baseline(CPU_BASELINE)
+
+
+@pytest.mark.parametrize("metric", ["AP", "AP50"])
+def test_int8_onnxruntime_matches_int8_pytorch(cpu_record, act: str, metric: str) -> None:
+    """The QAT graph on ONNX Runtime scores what the fake-quantized PyTorch model scores (issue: 0.003)."""
+    acc = cpu_record(act)["accuracy"]
+    ort, torch_ = acc["int8_onnxruntime"][metric], acc["int8_pytorch"][metric]
+    assert abs(ort - torch_) <= 0.003, f"{act} INT8 {metric}: ONNX Runtime {ort:.4f} vs PyTorch {torch_:.4f}"
+
+
+@pytest.mark.parametrize("metric", ["AP", "AP50"])
+def test_fp32_onnxruntime_matches_pytorch(cpu_record, act: str, metric: str) -> None:
+    acc = cpu_record(act)["accuracy"]
+    ort, torch_ = acc["origin_onnxruntime"][metric], acc["origin_pytorch"][metric]
+    assert abs(ort - torch_) <= 0.001, f"{act} FP32 {metric}: ONNX Runtime {ort:.4f} vs PyTorch {torch_:.4f}"
+
+
+@pytest.mark.parametrize("metric", ["AP", "AP50", "precision", "recall"])
+def test_end2end_onnx_nms_matches_torchvision_nms(cpu_record, act: str, metric: str) -> None:
+    """``--nms onnx`` end-to-end graph (NMS in ONNX Runtime) vs the same graph + torchvision NMS."""
+    rec = cpu_record(act)
+    e2e, plain = rec["int8_end2end_onnxruntime"][metric], rec["accuracy"]["int8_onnxruntime"][metric]
+    assert abs(e2e - plain) <= 5e-4, f"{act} {metric}: end-to-end {e2e:.5f} vs plain + NMS {plain:.5f}"
+
+
+def test_models_learned_something(cpu_record, act: str) -> None:
+    """Guards the comparisons above against a degenerate (AP 0) model, where every backend agrees."""
+    ap = cpu_record(act)["accuracy"]["origin_pytorch"]["AP"]
+    assert ap > 0.02, f"{act}: the test profile's model reaches AP {ap:.4f} only"
+
+
+ACC_ROWS = ("origin_pytorch", "ptq_pytorch", "int8_pytorch", "origin_onnxruntime", "int8_onnxruntime")
+
+
+@pytest.mark.parametrize("metric", ["AP", "AP50", "precision", "recall"])
+@pytest.mark.parametrize("row", ACC_ROWS)
+def test_accuracy_vs_cpu_baseline(cpu_record, act: str, row: str, metric: str) -> None:
+    baseline = _cpu_baseline()
+    figure = baseline.figure(f"accuracy-{act}-{row}-{metric}")
+    problem = figure.check(cpu_record(act)["accuracy"][row][metric])
+    assert problem is None, problem
+
+
+@pytest.mark.parametrize("batch", [str(b) for b in PROFILE.bench_batches])
+def test_int8_fp32_latency_ratio_onnxruntime(cpu_record, act: str, batch: str) -> None:
+    """INT8 (u8 rewrite) / FP32 p99 latency on ONNX Runtime, measured side by side, vs the baseline's."""
+    baseline = _cpu_baseline()
+    lat = cpu_record(act)["latency"]
+    measured = lat["int8"][batch]["p99_ms"] / lat["fp32"][batch]["p99_ms"]
+    b = baseline.data["latency"][act]
+    bound = RATIO_SLACK * b["int8"][batch]["p99_ms"] / b["fp32"][batch]["p99_ms"]
+    assert measured <= bound, (
+        f"latency-{act}-int8-vs-fp32-b{batch}-onnxruntime: ratio {measured:.2f} > bound {bound:.2f} "
+        f"({RATIO_SLACK} x the baseline's)"
+    )
+
+
+def test_each_artefact_built_once(cpu_record, record_cache) -> None:
+    """Fixtures share artefacts: in this session (all xdist workers together) no artefact was built
+    twice, and the record's steps all went through the cache."""
+    for act in ACTIVATIONS[:1]:
+        cpu_record(act)
+    builds = [b for b in record_cache.builds() if b["time"] >= SESSION_START - 1]
+    keys = [(b["step"], b["key"]) for b in builds]
+    twice = {k for k in keys if keys.count(k) > 1}
+    assert not twice, f"built more than once this session: {sorted(twice)}"
+    done = {p.parent.name for p in record_cache.root.glob("*/*/artefact.json")}
+    assert {"synth", "train", "convert", "quantize", "export", "ort_eval", "bench"} <= done
+
+
+@pytest.mark.skipif(
+    "not config.getoption('--update-baselines')", reason="writes baselines: --update-baselines"
+)
+def test_write_cpu_baseline(cpu_record, activations) -> None:
+    """``pytest -m cpu --update-baselines -k write_cpu_baseline``: record this machine's CPU baseline."""
+    from yolov9_qat.bench.device import cpu_device
+
+    recs = {a: cpu_record(a) for a in activations}
+    dev = cpu_device(PROFILE.threads or 1)
+    path = write_device_baseline(
+        {
+            "accuracy": {a: r["accuracy"] for a, r in recs.items()},
+            "latency": {a: r["latency"] for a, r in recs.items()},
+        },
+        {"name": dev["Device"], "threads": dev["Threads"], "vnni": dev["VNNI"], "host": os.uname().nodename},
+        CPU_BASELINE,
+        source="pytest -m cpu --update-baselines (test profile)",
+        tolerances=CPU_TOLERANCES,
+        comparison=("int8_onnxruntime", "origin_pytorch"),
+    )
+    assert load_baseline(path).figures()
