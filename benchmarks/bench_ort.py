@@ -1,4 +1,4 @@
-"""ONNX Runtime (CPU) benchmark: one network as four models, FP32 vs our QAT graphs vs ORT's own PTQ.
+"""ONNX Runtime (CPU) benchmark: one network as five models, FP32 vs our QAT graphs vs ORT's own PTQ.
 
 gelan-c (untrained weights, batch-norm statistics settled on a few synthetic images so that the
 activations have realistic ranges, fused) is built once and written, under ``--cache-dir`` keyed by
@@ -7,17 +7,19 @@ cfg and image size (reruns skip all of it), as
 1. ``FP32``: the float ONNX (``export_onnx``, dynamic batch, simplified);
 2. ``QAT S8S8``: our quantized ONNX as exported (``prepare_qat_model`` + percentile ``calibrate``):
    symmetric int8 activations, TensorRT's form, run as is;
-3. ``QAT U8S8``: the same file after the u8 rewrite (``OrtModel(u8=True)``: uint8 activations,
+3. ``QAT U8S8``: the same file after the u8 rewrite (``OrtModel(rewrite="u8")``: uint8 activations,
    zero point 128, bit-identical outputs);
-4. ``ORT PTQ``: the peer, ``onnxruntime.quantization.quantize_static`` of the float ONNX (QDQ,
+4. ``QAT integer``: the same file with every quantized conv as an exact ``ConvInteger``
+   (``OrtModel(rewrite="integer")``, what ``val`` / ``bench`` / ``reproduce`` run on a VNNI CPU);
+5. ``ORT PTQ``: the peer, ``onnxruntime.quantization.quantize_static`` of the float ONNX (QDQ,
    uint8 activations, per-channel int8 weights, MinMax over the calibration images).
 
 Each is timed with ``yolov9_qat.bench.harness`` (trtexec's method: time-based warm-up, then a fixed
 duration, every inference timed) at every batch size, the four models interleaved per batch size
 so that drift in the machine's load hits them alike. Prints p50 / p99 latency, qps, images/s, the
 median-latency ratios against FP32 and the peer, the convolution kernels ONNX Runtime chose (op
-counts of its optimized graph), and two target checks, at every batch size: U8S8 QAT median latency
-<= 0.7 x FP32 and <= 1.05 x the peer.
+counts of its optimized graph), and two target checks, at every batch size: the integer QAT graph's
+median latency <= 0.7 x FP32 and <= 1.05 x the peer.
 
     python benchmarks/bench_ort.py --cfg gelan-c --img 640 --batch 1,4 --threads 2 --json-out ort.json
     python benchmarks/bench_ort.py --duration 2 --warmup 200        # a quick trial
@@ -38,7 +40,6 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from torch import nn
 
 from yolov9_qat.bench.device import cpu_device
 from yolov9_qat.bench.harness import BenchConfig, parse_batches, run_benchmark
@@ -46,13 +47,14 @@ from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
 from yolov9_qat.export.onnx import ExportOptions, export_onnx
-from yolov9_qat.export.qdq_u8 import count_qdq, to_u8
+from yolov9_qat.export.qdq_u8 import count_qdq, to_ort_integer, to_u8
+from yolov9_qat.models.untrained import untrained_model
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.quant.quantize import calibrate, prepare_qat_model
 from yolov9_qat.runtime.onnxruntime import OrtModel, OrtRunner
 
-FP32, S8, U8, PEER = "FP32", "QAT S8S8 (as exported)", "QAT U8S8 (u8 rewrite)", "ORT PTQ (quantize_static)"
-BN_GAIN = 0.7  # tests/quant/conftest.py's settle_bn: keeps a random network out of the chaotic regime
+FP32, S8, U8, INT = "FP32", "QAT S8S8 (as exported)", "QAT U8S8 (u8 rewrite)", "QAT integer (ConvInteger)"
+PEER = "ORT PTQ (quantize_static)"
 TARGET_VS_FP32, TARGET_VS_PEER = 0.7, 1.05
 OPS = ("QLinearConv", "ConvInteger", "Conv", "QuantizeLinear", "DequantizeLinear")
 
@@ -72,27 +74,8 @@ def calib_images(args: argparse.Namespace) -> list[torch.Tensor]:
     return [b[0].float() / 255 for b in loader]
 
 
-@torch.no_grad()
-def settle_bn(model: nn.Module, batches: list[torch.Tensor], gain: float = BN_GAIN) -> nn.Module:
-    """Batch-norm running statistics from ``batches`` (cumulative average), BN scales times ``gain``,
-    eval mode (the idea of ``settle_bn`` in tests/quant/conftest.py)."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    for x in batches:
-        model(x)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.mul_(gain)
-    return model.eval()
-
-
 def float_model(cfg: str, images: list[torch.Tensor]) -> DetectionModel:
-    torch.manual_seed(0)
-    model = DetectionModel(cfg, nc=80)
-    return settle_bn(model, images).fuse().eval()
+    return untrained_model(cfg, images, nc=80)
 
 
 class Reader:
@@ -185,10 +168,12 @@ def op_summary(ops: dict[str, int]) -> dict[str, int]:
     return {op: out.get(op, 0) for op in OPS}
 
 
-def graph_info(path: Path, u8: bool, threads: int) -> dict[str, Any]:
+def graph_info(path: Path, rewrite: str, threads: int) -> dict[str, Any]:
     proto = onnx.load(str(path))
-    if u8:
+    if rewrite == "u8":
         proto = to_u8(proto)
+    elif rewrite == "integer":
+        proto = to_ort_integer(proto)
     ops = optimized_ops(proto, threads)
     qdq = count_qdq(proto) if any(n.op_type == "QuantizeLinear" for n in proto.graph.node) else {}
     return {"qdq": qdq, "optimized_ops": ops, "conv_ops": op_summary(ops)}
@@ -230,10 +215,10 @@ def table(reports: dict[str, dict], infos: dict[str, dict], batches: list[int]) 
 def checks(reports: dict[str, dict], batches: list[int]) -> list[dict[str, Any]]:
     out = []
     for ref, limit in ((FP32, TARGET_VS_FP32), (PEER, TARGET_VS_PEER)):
-        ratios = {b: median(reports[U8], b) / median(reports[ref], b) for b in batches}
+        ratios = {b: median(reports[INT], b) / median(reports[ref], b) for b in batches}
         out.append(
             {
-                "check": f"{U8} median latency <= {limit} x {ref}",
+                "check": f"{INT} median latency <= {limit} x {ref}",
                 "limit": limit,
                 "ratios": {str(b): round(r, 3) for b, r in ratios.items()},
                 "pass": all(r <= limit for r in ratios.values()),
@@ -262,11 +247,12 @@ def main() -> None:
     ort.set_default_logger_severity(3)  # no per-session warnings about unused initializers and such
 
     paths = build(args)
-    specs = {FP32: (paths["fp32"], False), S8: (paths["qat"], False), U8: (paths["qat"], True), PEER: (paths["ort-ptq"], False)}  # fmt: skip
-    infos = {label: graph_info(path, u8, args.threads) for label, (path, u8) in specs.items()}
-    models = {label: OrtModel(path, threads=args.threads, u8=u8) for label, (path, u8) in specs.items()}
-    if not models[U8].u8 or models[S8].u8:
-        raise SystemExit(f"u8 rewrite not as asked: {U8} u8={models[U8].u8}, {S8} u8={models[S8].u8}")
+    specs = {
+        FP32: (paths["fp32"], "none"), S8: (paths["qat"], "none"), U8: (paths["qat"], "u8"),
+        INT: (paths["qat"], "integer"), PEER: (paths["ort-ptq"], "none"),
+    }  # fmt: skip
+    infos = {label: graph_info(path, rw, args.threads) for label, (path, rw) in specs.items()}
+    models = {label: OrtModel(path, threads=args.threads, rewrite=rw) for label, (path, rw) in specs.items()}
     config = BenchConfig(warmup_ms=args.warmup, duration_s=args.duration)
     reports: dict[str, dict] = {}
     for b in batches:  # interleaved: every model at this batch size, then the next batch size
@@ -296,7 +282,7 @@ def main() -> None:
                 {
                     "label": label,
                     "onnx": str(specs[label][0]),
-                    "u8_rewrite": specs[label][1],
+                    "rewrite": specs[label][1],
                     **infos[label],
                     "report": reports[label],
                 }

@@ -40,7 +40,7 @@ def compute_only(data: dict, args: argparse.Namespace, n_batches: int = 24) -> f
         if len(batches) == n_batches:
             break
     model = DetectionModel(args.cfg, nc=len(data["names"])).train()
-    opt = build_optimizer(model, "SGD", hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
+    opt = build_optimizer(model, args.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     loss_fn = build_loss(model, hyp)
     n, t = 0, 0.0
     for k, (x, tg) in enumerate(batches):
@@ -60,7 +60,8 @@ def main() -> None:
     ap.add_argument("--data", default="", help="data.yaml (default: the synthetic set under --cache-dir)")
     ap.add_argument("--cache-dir", default=".cache/bench")
     ap.add_argument("--cfg", default="yolov9-n")
-    ap.add_argument("--hyp", default="hyp.cpu-record")
+    ap.add_argument("--hyp", default="hyp.cpu-adamw")
+    ap.add_argument("--optimizer", default="AdamW", choices=["SGD", "Adam", "AdamW"])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--close-mosaic", type=int, default=2)
     ap.add_argument("--img", type=int, default=160)
@@ -76,12 +77,13 @@ def main() -> None:
     opt = TrainOptions(
         data=data_yaml, cfg=args.cfg, hyp=args.hyp, epochs=args.epochs, batch_size=args.batch, img=args.img,
         device="cpu", workers=args.workers, project=str(Path(args.cache_dir) / "runs"), name="bench",
-        close_mosaic=args.close_mosaic, cache=True, noplots=True,
+        close_mosaic=args.close_mosaic, cache=True, noplots=True, optimizer=args.optimizer,
     )  # fmt: skip
     s = Trainer(opt).run()
     best = s["best"] or {}
     row = {
         "model": args.cfg,
+        "optimizer": f"{args.optimizer} ({args.hyp})",
         "epochs": s["epochs_run"],
         "wall_s": s["wall_s"],
         "images_per_s_end_to_end": s["images_per_s"],

@@ -138,7 +138,7 @@ def cmd_val(args: argparse.Namespace) -> int:
     if args.backend == "onnxruntime":
         from yolov9_qat.runtime.onnxruntime import OrtModel
 
-        ort_model = OrtModel(args.weights, threads=args.threads or None, u8=_ort_u8(args))
+        ort_model = OrtModel(args.weights, threads=args.threads or None, rewrite=_ort_rewrite(args))
         ort_model.check_input((1, 3, args.img, args.img))
         model_nc = ort_model.metadata.get("nc")
         if model_nc is not None and int(model_nc) != nc:
@@ -169,9 +169,9 @@ def cmd_val(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ort_u8(args: argparse.Namespace) -> bool | None:
-    """``--ort-u8`` / ``--no-ort-u8``; ``None``: automatic (rewrite when the graph has int8 activations)."""
-    return getattr(args, "ort_u8", None)
+def _ort_rewrite(args: argparse.Namespace) -> str:
+    """``--ort-rewrite`` (``--ort-u8`` / ``--no-ort-u8`` are shorthands for ``u8`` / ``none``)."""
+    return getattr(args, "ort_rewrite", None) or "auto"
 
 
 # --- export / lint ---------------------------------------------------------------------------------
@@ -241,9 +241,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.backend == "onnxruntime":
         from yolov9_qat.runtime.onnxruntime import OrtModel, OrtRunner
 
-        model = OrtModel(args.model, threads=args.threads or None, u8=_ort_u8(args))
+        model = OrtModel(args.model, threads=args.threads or None, rewrite=_ort_rewrite(args))
         runner = OrtRunner(model, imgsz=args.img)
-        precision = model.precision + ("-u8" if model.u8 else "")
+        precision = model.precision + ("" if model.rewrite == "none" else f"-{model.rewrite}")
         report = run_benchmark(
             runner,
             batches,
@@ -381,11 +381,15 @@ def _add_run_flags(p: argparse.ArgumentParser, task: str) -> None:
 def _add_ort_u8(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument(
-        "--ort-u8", dest="ort_u8", action="store_true", default=None,
-        help="ONNX Runtime: rewrite int8 activations to uint8 (zero point 128; lossless, fast kernels)",
+        "--ort-rewrite", choices=["auto", "integer", "u8", "none"], default=None,
+        help="ONNX Runtime, QAT graphs: integer (exact ConvInteger convs, fastest), u8 (uint8 activations, "
+        "bit-identical), none (as written); auto: integer on VNNI CPUs",
     )  # fmt: skip
     g.add_argument(
-        "--no-ort-u8", dest="ort_u8", action="store_false", help="ONNX Runtime: run the graph as written"
+        "--ort-u8", dest="ort_rewrite", action="store_const", const="u8", help="= --ort-rewrite u8"
+    )
+    g.add_argument(
+        "--no-ort-u8", dest="ort_rewrite", action="store_const", const="none", help="= --ort-rewrite none"
     )
 
 

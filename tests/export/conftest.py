@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from torch import nn
 from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
+from yolov9_qat.models.untrained import settle_batchnorm
 from yolov9_qat.models.yolo import DetectionModel
 
 IMG = 64
@@ -63,23 +63,6 @@ def images(loader) -> torch.Tensor:
         return next(iter(loader))[0].float() / 255
 
 
-@torch.no_grad()
-def _settle_bn(model: nn.Module, batches: list[torch.Tensor], gain: float = 0.7) -> nn.Module:
-    """Batch-norm statistics from a few batches and BN scales times ``gain`` (as tests/quant does):
-    activation ranges of a random network then look like a trained one's."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    for x in batches:
-        model(x)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.mul_(gain)
-    return model.eval()
-
-
 def float_model(images: torch.Tensor, cfg: str = "gelan-n", activation: str | None = None) -> DetectionModel:
     """A fused float model; ``cfg="yolov9-t>gelan-t"`` builds yolov9-t and reparameterizes it."""
     torch.manual_seed(0)
@@ -87,27 +70,20 @@ def float_model(images: torch.Tensor, cfg: str = "gelan-n", activation: str | No
         from yolov9_qat.models.reparam import reparameterize
 
         src_cfg, dst_cfg = cfg.split(">")
-        src = _settle_bn(DetectionModel(src_cfg, nc=NC, activation=activation), [images, images.flip(-1)])
+        src = settle_batchnorm(
+            DetectionModel(src_cfg, nc=NC, activation=activation), [images, images.flip(-1)]
+        )
         model = reparameterize(src, dst_cfg, check=False)
     else:
-        model = _settle_bn(DetectionModel(cfg, nc=NC, activation=activation), [images, images.flip(-1)])
+        model = settle_batchnorm(DetectionModel(cfg, nc=NC, activation=activation), [images, images.flip(-1)])
     return model.fuse().eval()
 
 
 def export(model: nn.Module, x: torch.Tensor, path: Path) -> Path:
-    """The package's export call (legacy exporter, opset 17)."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (x,),
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["images"],
-            output_names=["output0"],
-        )
-    return path
+    """The package's export (opset 17, fixed batch ``x.shape[0]``)."""
+    from yolov9_qat.export.onnx import ExportOptions, export_onnx
+
+    return export_onnx(model, path, ExportOptions(imgsz=x.shape[-1], batch=x.shape[0]))
 
 
 @contextlib.contextmanager

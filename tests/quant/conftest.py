@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
+from yolov9_qat.models.untrained import untrained_model
 from yolov9_qat.models.yolo import DetectionModel
 
 IMG = 64
@@ -63,39 +63,12 @@ def images(train_loader) -> torch.Tensor:
 
 
 NC = 10  # the synthetic set's classes
-GAIN = 0.7
-
-
-@torch.no_grad()
-def settle_bn(model: nn.Module, batches: list[torch.Tensor], gain: float = GAIN) -> nn.Module:
-    """Batch-norm running statistics from a few batches (cumulative average), BN scales times
-    ``gain``, eval mode.
-
-    A random network whose every conv output is normalized to unit variance is chaotic (here 1/255 of
-    input noise moves the head's input features by about 25 %, and 8-bit quantization noise by more
-    than 100 %), which trained networks are not (a trained gelan-n loses 0.0015 AP to PTQ). With the
-    scales at 0.7 it is in the ordered regime, its activation ranges stay alike from layer to layer,
-    and quantization error becomes measurable.
-    """
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()
-    for x in batches:
-        model(x)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.mul_(gain)
-    return model.eval()
 
 
 def make_float_model(
     images: torch.Tensor, cfg: str = "gelan-n", activation: str | None = None
 ) -> DetectionModel:
-    torch.manual_seed(0)
-    model = DetectionModel(cfg, nc=NC, activation=activation)
-    return settle_bn(model, [images, images.flip(-1)]).fuse().eval()
+    return untrained_model(cfg, [images, images.flip(-1)], nc=NC, activation=activation)
 
 
 @pytest.fixture(scope="session")

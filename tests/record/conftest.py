@@ -24,3 +24,12 @@ def cpu_record(cpu_pipeline) -> Any:
         return memo[act]
 
     return record
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` all cases of one activation run on one worker, so the
+    workers build different activations' artefacts in parallel instead of waiting on one lock."""
+    for item in items:
+        act = getattr(getattr(item, "callspec", None), "params", {}).get("act")
+        if act is not None:
+            item.add_marker(pytest.mark.xdist_group(f"record-{act}"))

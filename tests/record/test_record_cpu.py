@@ -114,7 +114,7 @@ def test_each_artefact_built_once(cpu_record, record_cache) -> None:
     keys = [(b["step"], b["key"]) for b in builds]
     twice = {k for k in keys if keys.count(k) > 1}
     assert not twice, f"built more than once this session: {sorted(twice)}"
-    done = {p.parent.name for p in record_cache.root.glob("*/*/artefact.json")}
+    done = {p.parent.parent.name for p in record_cache.root.glob("*/*/artefact.json")}
     assert {"synth", "train", "convert", "quantize", "export", "ort_eval", "bench"} <= done
 
 

@@ -15,6 +15,7 @@ import torch
 from yolov9_qat.errors import UserError
 from yolov9_qat.export.end2end import OUTPUT_NAMES, reference_nms
 from yolov9_qat.export.onnx import ExportOptions, export_onnx, read_metadata
+from yolov9_qat.models.untrained import settle_batchnorm
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.runtime.onnxruntime import OrtModel
 from yolov9_qat.utils.boxes import xywh2xyxy
@@ -31,20 +32,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@torch.no_grad()
-def _settled(model: DetectionModel, x: torch.Tensor) -> DetectionModel:
-    """Batch-norm statistics from ``x`` and BN scales x 0.7: a random network with a trained one's ranges."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.reset_running_stats()
-            m.momentum = None
-    model.train()(x)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.weight.mul_(0.7)
-    return model.eval()
-
-
 @pytest.fixture(scope="module")
 def x() -> torch.Tensor:
     return torch.rand(4, 3, IMG, IMG, generator=torch.Generator().manual_seed(0))
@@ -59,7 +46,7 @@ def float_model(x) -> DetectionModel:
     ):  # class scores around 0.1 instead of the training init's 1e-4: detections to compare
         for tower in model.model[-1].cv3:
             tower[-1].bias.normal_(-2.0, 1.0)
-    return _settled(model, x).fuse().eval()
+    return settle_batchnorm(model, [x]).fuse().eval()
 
 
 @pytest.fixture(scope="module")
@@ -112,25 +99,32 @@ def test_qat_onnx_matches_fake_quant(qat_model, exported, x) -> None:
     """Same fake-quant arithmetic; an element may land on the other side of a rounding boundary."""
     with torch.no_grad():
         want = qat_model(x).numpy()
-    got = OrtModel(exported["int8"], threads=1, u8=False)(x)
+    got = OrtModel(exported["int8"], threads=1, rewrite="none")(x)
     close = np.isclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max())).mean()
     assert close > 0.99, close
 
 
-def test_u8_rewrite_is_automatic_and_bit_exact(exported, x) -> None:
-    auto = OrtModel(exported["int8"], threads=1)
-    s8 = OrtModel(exported["int8"], threads=1, u8=False)
-    assert auto.u8 and not s8.u8
-    assert np.array_equal(auto(x), s8(x))
-    assert not OrtModel(exported["fp32"], threads=1).u8  # nothing to rewrite in a float graph
+def test_rewrites(exported, x) -> None:
+    """u8: bit-identical; integer: the same up to float rounding; float graphs are left alone."""
+    s8 = OrtModel(exported["int8"], threads=1, rewrite="none")
+    u8 = OrtModel(exported["int8"], threads=1, rewrite="u8")
+    assert np.array_equal(u8(x), s8(x))
+    integer = OrtModel(exported["int8"], threads=1, rewrite="integer")
+    got, want = integer(x), s8(x)
+    close = np.isclose(got, want, rtol=1e-3, atol=1e-3 * float(np.abs(want).max())).mean()
+    assert close > 0.99, close
+    assert OrtModel(exported["int8"], threads=1).rewrite in ("integer", "none")  # auto: by the CPU
+    assert OrtModel(exported["fp32"], threads=1, rewrite="integer").rewrite == "none"
+    with pytest.raises(UserError, match="--ort-rewrite"):
+        OrtModel(exported["int8"], rewrite="fast")
 
 
 def test_end2end_onnx_nms_matches_reference_nms(exported, x) -> None:
     """The ``--nms onnx`` graph's detections are those of the plain graph + :func:`reference_nms`."""
-    model = OrtModel(exported["e2e_onnx"], threads=1, u8=False)
+    model = OrtModel(exported["e2e_onnx"], threads=1, rewrite="none")
     assert model.end2end
     got = model.run(x.numpy())
-    raw = torch.as_tensor(OrtModel(exported["int8"], threads=1, u8=False).run(x.numpy())[0])
+    raw = torch.as_tensor(OrtModel(exported["int8"], threads=1, rewrite="none").run(x.numpy())[0])
     want = reference_nms(xywh2xyxy(raw[:, :4].transpose(1, 2)), raw[:, 4:].transpose(1, 2), 0.6, 0.05, 50)
     assert [g.shape for g in got] == [tuple(w.shape) for w in want] == [(4, 1), (4, 50, 4), (4, 50), (4, 50)]
     assert (want[0] > 0).all(), "the test needs detections"

@@ -112,6 +112,20 @@ class GpuRecord:
 
     def latency(self, act: str, precision: str) -> dict[str, dict[str, float]]:
         """Rows ``"1"`` ... ``"16"`` and ``"resilience"``: p99 ms, qps, images/s (trtexec's method)."""
+        rows = {}
+        for r in self.bench_report(act, precision)["results"]:
+            name = "resilience" if r.get("label") == "Resilience" else str(r["batch"])
+            rows[name] = {"p99_ms": r["latency_ms"]["p99"], "qps": r["throughput_qps"], "ips": r["ips"]}
+        return rows
+
+    def engine_layers(self, act: str, precision: str) -> dict[str, Any]:
+        """The inspector summary of the batch-1 engine (layer precisions, Reformat count, INT8 conv share)."""
+        engines = self.bench_report(act, precision).get("engines") or {}
+        entry = engines.get("1") or next(iter(engines.values()), {})
+        return entry.get("layers") or {}
+
+    def bench_report(self, act: str, precision: str) -> dict[str, Any]:
+        """The ``bench --backend tensorrt`` report of one activation and precision (cached)."""
         from yolov9_qat.runtime.trt_cli import bench_tensorrt
 
         onnx = self.models(act) / ("fp32.onnx" if precision == "fp16" else "int8.onnx")
@@ -131,12 +145,7 @@ class GpuRecord:
             "batches": self.batches,
             "duration": self.duration_s,
         }
-        report = json.loads((self.cache.get("gpu_bench", key, build, CODE) / "bench.json").read_text())
-        rows = {}
-        for r in report["results"]:
-            name = "resilience" if r.get("label") == "Resilience" else str(r["batch"])
-            rows[name] = {"p99_ms": r["latency_ms"]["p99"], "qps": r["throughput_qps"], "ips": r["ips"]}
-        return rows
+        return json.loads((self.cache.get("gpu_bench", key, build, CODE) / "bench.json").read_text())
 
     def run(self, activations: tuple[str, ...] = ACTIVATIONS) -> dict[str, Any]:
         from yolov9_qat.bench.device import cuda_device
@@ -161,13 +170,13 @@ def _untrained_pair(act: str, img: int) -> tuple[torch.nn.Module, torch.nn.Modul
     """A float gelan-c of activation ``act`` and its PTQ-calibrated Q/DQ twin (for latency only)."""
     import copy
 
-    from yolov9_qat.models.yolo import DetectionModel
+    from yolov9_qat.models.untrained import untrained_model
     from yolov9_qat.quant.quantize import calibrate, prepare_qat_model
 
-    torch.manual_seed(0)
-    fp32 = DetectionModel("gelan-c", nc=80, activation=act).fuse().eval()
+    images = [torch.rand(2, 3, img, img, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    fp32 = untrained_model("gelan-c", images, nc=80, activation=act)
     qat = prepare_qat_model(copy.deepcopy(fp32), calib_method="max")
-    calibrate(qat, [torch.rand(2, 3, img, img) for _ in range(2)], n_batches=2)
+    calibrate(qat, images, n_batches=2)
     return fp32, qat.eval()
 
 

@@ -43,7 +43,11 @@ def _extras_markdown(record: dict[str, Any]) -> str:
             lines.append(
                 f"| {act} | {m['AP']:.4f} | {m['AP50']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} |"
             )
-    lines += ["", "## INT8 on ONNX Runtime: as exported (S8S8) vs uint8 rewrite, median latency (ms)", ""]
+    lines += [
+        "",
+        "## INT8 on ONNX Runtime: Q/DQ graph as exported vs integer-conv rewrite, median latency (ms)",
+        "",
+    ]
     rows = []
     for act, e in extras.items():
         bench = e.get("bench") or {}
@@ -54,12 +58,12 @@ def _extras_markdown(record: dict[str, Any]) -> str:
         }
         for b in sorted(next(iter(by_kind.values()))):
             f = by_kind.get("fp32", {}).get(b)
-            cells = [f"{by_kind.get(k, {}).get(b, float('nan')):.2f}" for k in ("fp32", "int8_s8", "int8")]
+            cells = [f"{by_kind.get(k, {}).get(b, float('nan')):.2f}" for k in ("fp32", "int8_qdq", "int8")]
             ratio = by_kind.get("int8", {}).get(b, float("nan")) / f if f else float("nan")
             rows.append(f"| {act} | {b} | {' | '.join(cells)} | {ratio:.2f} |")
     if rows:
         lines += [
-            "| Activation | Batch | FP32 | INT8 S8S8 | INT8 U8S8 | U8S8 / FP32 |",
+            "| Activation | Batch | FP32 | INT8 Q/DQ as exported | INT8 integer rewrite | rewrite / FP32 |",
             "|---|---|---|---|---|---|",
             *rows,
         ]

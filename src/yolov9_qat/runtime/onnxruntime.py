@@ -1,9 +1,16 @@
 """ONNX Runtime backend (CPU): float, QAT (Q/DQ) and end-to-end graphs, for ``val`` and ``bench``.
 
-On x86, ONNX Runtime runs TensorRT-style symmetric int8 activations (S8S8) slower than FP32, while the
-same graph with uint8 activations and zero point 128 (U8S8) is numerically identical and takes its
-fast kernels; :class:`OrtModel` applies that rewrite (:mod:`yolov9_qat.export.qdq_u8`) to quantized
-graphs unless told not to.
+ONNX Runtime fuses ``DQ -> Conv -> Q`` into integer convolutions, but in TensorRT's placement a conv is
+followed by its float activation, so it dequantizes and runs every conv of a QAT graph in float: the
+graph as exported is slower than FP32. :class:`OrtModel` therefore rewrites quantized graphs first
+(:mod:`yolov9_qat.export.qdq_u8`), choosing with ``rewrite``:
+
+* ``integer``: every quantized conv becomes an exact int32 ``ConvInteger`` plus a float epilogue (ORT's
+  VNNI kernels; the same function up to float rounding) — the fastest exact form;
+* ``u8``: activations to uint8 with zero point 128 (bit-identical outputs; ORT's U8S8 Q/DQ kernels);
+* ``none``: the graph as written;
+* ``auto`` (default): ``integer`` on CPUs with VNNI (without it ORT's U8S8 kernels may saturate int16
+  pair sums, so the rewrite would not be exact), else ``none``.
 """
 
 from __future__ import annotations
@@ -39,12 +46,20 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     return proto
 
 
-def has_int8_activations(proto: onnx.ModelProto) -> bool:
-    """True when some QuantizeLinear quantizes an activation to int8 (the S8S8 form)."""
-    from yolov9_qat.export.qdq_u8 import count_qdq
+REWRITES = ("auto", "integer", "u8", "none")
 
-    counts = count_qdq(proto)
-    return bool(counts["activation_q"].get("int8", 0))
+
+def resolve_rewrite(rewrite: str, quantized: bool) -> str:
+    """``auto`` -> ``integer`` on a VNNI CPU, else ``none``; float graphs are never rewritten."""
+    if rewrite not in REWRITES:
+        raise UserError(f"--ort-rewrite {rewrite!r}: choose one of {', '.join(REWRITES)}")
+    if not quantized:
+        return "none"
+    if rewrite == "auto":
+        from yolov9_qat.bench.device import cpu_device
+
+        return "integer" if cpu_device(1)["VNNI"] else "none"
+    return rewrite
 
 
 def default_threads() -> int:
@@ -57,12 +72,12 @@ class OrtModel:
     Args:
         path: the ``.onnx`` file.
         threads: intra-op threads (default: ``OMP_NUM_THREADS`` or all cores).
-        u8: rewrite int8 activations to uint8 (zero point 128); ``None``: when the graph has any.
+        rewrite: how a quantized graph is rewritten for ONNX Runtime (see the module docstring).
         optimize: ONNX Runtime's graph optimizations (``False``: none, for checking graphs as written).
     """
 
     def __init__(
-        self, path: str | Path, threads: int | None = None, u8: bool | None = None, optimize: bool = True
+        self, path: str | Path, threads: int | None = None, rewrite: str = "auto", optimize: bool = True
     ) -> None:
         import onnxruntime as ort
 
@@ -71,11 +86,15 @@ class OrtModel:
         self.metadata = read_metadata(proto)
         self.end2end = [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
         self.quantized = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
-        self.u8 = bool(self.quantized and (has_int8_activations(proto) if u8 is None else u8))
-        if self.u8:
+        self.rewrite = resolve_rewrite(rewrite, self.quantized)
+        if self.rewrite == "u8":
             from yolov9_qat.export.qdq_u8 import to_u8
 
             proto = to_u8(proto)
+        elif self.rewrite == "integer":
+            from yolov9_qat.export.qdq_u8 import to_ort_integer
+
+            proto = to_ort_integer(proto)
         inp = proto.graph.input[0]
         self.input_name = inp.name
         dims = [d.dim_value if d.HasField("dim_value") else None for d in inp.type.tensor_type.shape.dim]
@@ -143,7 +162,7 @@ class OrtModel:
             "onnx": str(self.path),
             "onnxruntime": ort.__version__,
             "precision": self.precision,
-            "u8_rewrite": self.u8,
+            "rewrite": self.rewrite,
             "end2end": self.end2end,
             "threads": self.threads,
         }
