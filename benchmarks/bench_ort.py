@@ -43,12 +43,12 @@ import torch
 
 from yolov9_qat.bench.device import cpu_device
 from yolov9_qat.bench.harness import BenchConfig, parse_batches, run_benchmark
+from yolov9_qat.bench.untrained import untrained_model
 from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
 from yolov9_qat.export.onnx import ExportOptions, export_onnx
 from yolov9_qat.export.qdq_u8 import count_qdq, to_ort_integer, to_u8
-from yolov9_qat.models.untrained import untrained_model
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.quant.quantize import calibrate, prepare_qat_model
 from yolov9_qat.runtime.onnxruntime import OrtModel, OrtRunner

@@ -20,10 +20,10 @@ import pytest
 import torch
 from torch import nn
 
+from yolov9_qat.bench.untrained import settle_batchnorm
 from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
-from yolov9_qat.models.untrained import settle_batchnorm
 from yolov9_qat.models.yolo import DetectionModel
 
 IMG = 64

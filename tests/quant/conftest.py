@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from yolov9_qat.bench.untrained import untrained_model
 from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
-from yolov9_qat.models.untrained import untrained_model
 from yolov9_qat.models.yolo import DetectionModel
 
 IMG = 64

@@ -12,10 +12,10 @@ import onnx
 import pytest
 import torch
 
+from yolov9_qat.bench.untrained import settle_batchnorm
 from yolov9_qat.errors import UserError
 from yolov9_qat.export.end2end import OUTPUT_NAMES, reference_nms
 from yolov9_qat.export.onnx import ExportOptions, export_onnx, read_metadata
-from yolov9_qat.models.untrained import settle_batchnorm
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.runtime.onnxruntime import OrtModel
 from yolov9_qat.utils.boxes import xywh2xyxy

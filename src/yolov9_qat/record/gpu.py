@@ -170,7 +170,7 @@ def _untrained_pair(act: str, img: int) -> tuple[torch.nn.Module, torch.nn.Modul
     """A float gelan-c of activation ``act`` and its PTQ-calibrated Q/DQ twin (for latency only)."""
     import copy
 
-    from yolov9_qat.models.untrained import untrained_model
+    from yolov9_qat.bench.untrained import untrained_model
     from yolov9_qat.quant.quantize import calibrate, prepare_qat_model
 
     images = [torch.rand(2, 3, img, img, generator=torch.Generator().manual_seed(i)) for i in range(2)]
