@@ -63,6 +63,7 @@ def test_reparameterize_matches_upstream_conversion(official_dir, ref, tmp_path)
     np.save(tmp_path / "x.npy", ref["input"])
     code = (
         "import numpy as np, torch, sys\n"
+        f"torch.set_num_threads({torch.get_num_threads()})\n"  # same conv kernels as this process
         "from yolov9_qat.models.checkpoint import load\n"
         f"m = load({str(path)!r}).model\n"
         f"x = torch.from_numpy(np.load({str(tmp_path / 'x.npy')!r}))\n"
