@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -25,20 +26,13 @@ from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
 from yolov9_qat.models.yolo import DetectionModel
+from yolov9_qat.utils.runs import torch_threads
 
 IMG = 64
 NC = 10
 
 
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One intra-op thread inside (two processes x two OpenMP threads on two cores stall)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+single_thread = partial(torch_threads, 1)  # test_ort_integer.py uses it through this module
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -3,7 +3,6 @@ statistics (so that activations have realistic ranges), and its calibrated PTQ f
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,25 +15,14 @@ from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
 from yolov9_qat.models.yolo import DetectionModel
+from yolov9_qat.utils.runs import torch_threads
 
 IMG = 64
 
 
-@contextlib.contextmanager
-def single_thread() -> Iterator[None]:
-    """One intra-op thread inside: on a small machine shared with other work, OpenMP barriers make
-    the small convs here up to hundreds of times slower with two threads than with one."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread() -> Iterator[None]:
-    with single_thread():
+    with torch_threads(1):
         yield
 
 
@@ -58,7 +46,7 @@ def train_loader(data):
 
 @pytest.fixture(scope="session")
 def images(train_loader) -> torch.Tensor:
-    with single_thread():
+    with torch_threads(1):
         return next(iter(train_loader))[0].float() / 255
 
 
@@ -79,7 +67,7 @@ def float_factory():
 
 @pytest.fixture(scope="session")
 def float_model(images) -> DetectionModel:
-    with single_thread():
+    with torch_threads(1):
         return make_float_model(images)
 
 
@@ -87,7 +75,7 @@ def float_model(images) -> DetectionModel:
 def ptq_model(float_model, train_loader) -> DetectionModel:
     from yolov9_qat.quant.quantize import calibrate, prepare_qat_model
 
-    with single_thread():
+    with torch_threads(1):
         model = prepare_qat_model(copy.deepcopy(float_model), calib_method="percentile")
         calibrate(model, train_loader, n_batches=2)
     return model.eval()

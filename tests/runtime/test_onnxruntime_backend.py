@@ -19,6 +19,7 @@ from yolov9_qat.export.onnx import ExportOptions, export_onnx, read_metadata
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.runtime.onnxruntime import OrtModel
 from yolov9_qat.utils.boxes import xywh2xyxy
+from yolov9_qat.utils.runs import torch_threads
 
 pytestmark = pytest.mark.cpu
 IMG = 64
@@ -26,10 +27,8 @@ IMG = 64
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

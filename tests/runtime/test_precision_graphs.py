@@ -16,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from yolov9_qat.errors import UserError
 from yolov9_qat.runtime import precision_graphs as pg
+from yolov9_qat.utils.runs import torch_threads
 
 pytestmark = pytest.mark.cpu
 
@@ -27,11 +28,8 @@ needs_autocast = pytest.mark.skipif(
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """One intra-op thread: on a small shared machine OpenMP barriers make tracing crawl."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ import torch
 from yolov9_qat.errors import UserError
 from yolov9_qat.models.activations import canonical_activation
 from yolov9_qat.record.cache import Cache
+from yolov9_qat.utils.runs import torch_threads
 
 log = logging.getLogger("yolov9_qat.record")
 
@@ -132,7 +133,7 @@ class Pipeline:
             built.append(True)
             build(tmp)
 
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             out = self.cache.get(step, {"profile": self.profile.key(), **params}, run, code)
         if built:
             self.echo(f"  {what}: {time.perf_counter() - t0:.0f} s")
@@ -377,16 +378,3 @@ class Pipeline:
             "profile": self.profile.key(),
         }
         return record
-
-
-class _threads:
-    """Set torch's intra-op threads inside (``reproduce``: all cores; test workers: one)."""
-
-    def __init__(self, n: int) -> None:
-        self.n, self.prev = n, torch.get_num_threads()
-
-    def __enter__(self) -> None:
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc: object) -> None:
-        torch.set_num_threads(self.prev)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -44,3 +46,15 @@ def select_device(device: str | None = "") -> torch.device:
     if first >= torch.cuda.device_count():
         raise UserError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
     return torch.device(f"cuda:{first}")
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """PyTorch intra-op threads set to ``n`` inside, restored after. (On a small machine shared with
+    other processes, OpenMP barriers make small convs far slower with two threads than with one.)"""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
