@@ -33,16 +33,12 @@ log = logging.getLogger("yolov9_qat.runtime")
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Read an ONNX file; a missing, unreadable or invalid file is a :class:`UserError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such ONNX file")
-    try:
-        proto = onnx.load(str(path))
-    except Exception as e:  # protobuf DecodeError and friends
-        raise UserError(f"{path} is not a readable ONNX model ({type(e).__name__})") from None
-    if not proto.graph.node or not proto.graph.input:
-        raise UserError(f"{path} is not an ONNX model (no graph)")
+    """Read an ONNX file (the linter's loader: a missing or malformed file is one clear UserError)."""
+    from yolov9_qat.export.lint import load_model
+
+    proto = load_model(path)
+    if not proto.graph.input:
+        raise UserError(f"{path}: not an ONNX model (no graph inputs)")
     return proto
 
 
