@@ -48,15 +48,16 @@ from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
 from yolov9_qat.export.onnx import ExportOptions, export_onnx
-from yolov9_qat.export.qdq_u8 import count_qdq, to_ort_integer, to_u8
+from yolov9_qat.export.qdq_u8 import count_qdq, to_ort_integer, to_ort_qlinear, to_u8
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.quant.quantize import calibrate, prepare_qat_model
 from yolov9_qat.runtime.onnxruntime import OrtModel, OrtRunner
 
 FP32, S8, U8, INT = "FP32", "QAT S8S8 (as exported)", "QAT U8S8 (u8 rewrite)", "QAT integer (ConvInteger)"
+ORTQ = "QAT ort placement (u8 + QLinear)"
 PEER = "ORT PTQ (quantize_static)"
 TARGET_VS_FP32, TARGET_VS_PEER = 0.7, 1.05
-OPS = ("QLinearConv", "ConvInteger", "Conv", "QuantizeLinear", "DequantizeLinear")
+OPS = ("QLinearConv", "ConvInteger", "Conv", "QLinearSigmoid", "QuantizeLinear", "DequantizeLinear")
 
 
 # --- the model and its three ONNX files ------------------------------------------------------------
@@ -105,7 +106,7 @@ def build(args: argparse.Namespace) -> dict[str, Path]:
     """The three ONNX files, made only where ``--cache-dir`` lacks them (``--rebuild``: always)."""
     root = Path(args.cache_dir)
     root.mkdir(parents=True, exist_ok=True)
-    paths = {k: root / f"{args.cfg}-{args.img}-{k}.onnx" for k in ("fp32", "qat", "ort-ptq")}
+    paths = {k: root / f"{args.cfg}-{args.img}-{k}.onnx" for k in ("fp32", "qat", "qat-ort", "ort-ptq")}
     if args.rebuild:
         for p in paths.values():
             p.unlink(missing_ok=True)
@@ -116,19 +117,20 @@ def build(args: argparse.Namespace) -> dict[str, Path]:
         return paths
     opts = ExportOptions(imgsz=args.img, dynamic=True, simplify=True)
     images = calib_images(args)
-    if not (paths["fp32"].is_file() and paths["qat"].is_file()):
+    if not all(paths[k].is_file() for k in ("fp32", "qat", "qat-ort")):
         t0 = time.perf_counter()
         model = float_model(args.cfg, images)
         print(f"{args.cfg}: batch-norm settled on {sum(len(x) for x in images)} images in {time.perf_counter() - t0:.0f} s")  # fmt: skip
         if not paths["fp32"].is_file():
             export_onnx(model, paths["fp32"], opts)
             print(f"exported {paths['fp32']}")
-        if not paths["qat"].is_file():
-            t0 = time.perf_counter()
-            qat = prepare_qat_model(copy.deepcopy(model), calib_method="percentile")
-            calibrate(qat, images, n_batches=len(images))
-            export_onnx(qat.eval(), paths["qat"], opts)
-            print(f"calibrated and exported {paths['qat']} in {time.perf_counter() - t0:.0f} s")
+        for key, placement in (("qat", "trt"), ("qat-ort", "ort")):
+            if not paths[key].is_file():
+                t0 = time.perf_counter()
+                qat = prepare_qat_model(copy.deepcopy(model), calib_method="percentile", placement=placement)
+                calibrate(qat, images, n_batches=len(images))
+                export_onnx(qat.eval(), paths[key], opts)
+                print(f"calibrated and exported {paths[key]} ({placement} placement) in {time.perf_counter() - t0:.0f} s")  # fmt: skip
     if not paths["ort-ptq"].is_file():
         t0 = time.perf_counter()
         ort_ptq(paths["fp32"], paths["ort-ptq"], images)
@@ -172,6 +174,8 @@ def graph_info(path: Path, rewrite: str, threads: int) -> dict[str, Any]:
     proto = onnx.load(str(path))
     if rewrite == "u8":
         proto = to_u8(proto)
+    elif rewrite == "qlinear":
+        proto = to_ort_qlinear(proto)
     elif rewrite == "integer":
         proto = to_ort_integer(proto)
     ops = optimized_ops(proto, threads)
@@ -214,11 +218,14 @@ def table(reports: dict[str, dict], infos: dict[str, dict], batches: list[int]) 
 
 def checks(reports: dict[str, dict], batches: list[int]) -> list[dict[str, Any]]:
     out = []
-    for ref, limit in ((FP32, TARGET_VS_FP32), (PEER, TARGET_VS_PEER)):
-        ratios = {b: median(reports[INT], b) / median(reports[ref], b) for b in batches}
+    for model, ref, limit in (
+        (INT, FP32, TARGET_VS_FP32), (INT, PEER, TARGET_VS_PEER),
+        (ORTQ, FP32, TARGET_VS_FP32), (ORTQ, PEER, TARGET_VS_PEER),
+    ):  # fmt: skip
+        ratios = {b: median(reports[model], b) / median(reports[ref], b) for b in batches}
         out.append(
             {
-                "check": f"{INT} median latency <= {limit} x {ref}",
+                "check": f"{model} median latency <= {limit} x {ref}",
                 "limit": limit,
                 "ratios": {str(b): round(r, 3) for b, r in ratios.items()},
                 "pass": all(r <= limit for r in ratios.values()),
@@ -249,7 +256,7 @@ def main() -> None:
     paths = build(args)
     specs = {
         FP32: (paths["fp32"], "none"), S8: (paths["qat"], "none"), U8: (paths["qat"], "u8"),
-        INT: (paths["qat"], "integer"), PEER: (paths["ort-ptq"], "none"),
+        INT: (paths["qat"], "integer"), ORTQ: (paths["qat-ort"], "qlinear"), PEER: (paths["ort-ptq"], "none"),
     }  # fmt: skip
     infos = {label: graph_info(path, rw, args.threads) for label, (path, rw) in specs.items()}
     models = {label: OrtModel(path, threads=args.threads, rewrite=rw) for label, (path, rw) in specs.items()}

@@ -332,7 +332,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         eval_origin=not args.no_eval_origin, eval_ptq=not args.no_eval_ptq, calib_method=args.calib_method,
         calib_batches=args.calib_batches, skip_layers=_skip_layers(args.skip_layers), project=args.project,
         name=args.name, exist_ok=args.exist_ok, activation=args.activation, lr=args.lr, workers=args.workers,
-        progress=not args.no_progress, det_loss_weight=args.det_loss_weight,
+        progress=not args.no_progress, det_loss_weight=args.det_loss_weight, placement=args.placement,
     )  # fmt: skip
     _json_out(args, summary)
     return 0
@@ -565,6 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-method", choices=["mse", "percentile", "entropy", "max"], default="percentile")
     p.add_argument("--calib-batches", type=int, default=25)
     p.add_argument("--skip-layers", default="", help="layers kept in float: 3,7 or a sensitivity.json")
+    p.add_argument(
+        "--placement",
+        choices=["trt", "ort"],
+        default="trt",
+        help="Q/DQ rules: trt (TensorRT's, the record's) or ort (every op's output too: ONNX Runtime's "
+        "integer kernels on the CPU)",
+    )
     p.add_argument("--activation", default=None, help="expected activation (checked against the checkpoint)")
     p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate")
     p.add_argument(

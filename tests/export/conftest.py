@@ -2,7 +2,8 @@
 
 ``onnx_factory(cfg, activation, kind)`` builds (once per session) a fused gelan-style model with
 settled batch-norm statistics and exports it at 64 px: ``kind="qat"`` is this package's placement
-(:func:`prepare_qat_model` + :func:`calibrate`), ``"plain"`` is ModelOpt's defaults
+(:func:`prepare_qat_model` + :func:`calibrate`), ``"qat_ort"`` the same with ``placement="ort"``
+(every op's output quantized, for ONNX Runtime's integer kernels), ``"plain"`` is ModelOpt's defaults
 (``mtq.quantize(model, INT8_DEFAULT_CFG)``, with this package's quantized twins unregistered, so the
 graph is what a user gets without the rules), ``"float"`` no quantization at all.
 """
@@ -98,10 +99,10 @@ def twins_unregistered() -> Iterator[None]:
 
 def build(images: torch.Tensor, loader, cfg: str, activation: str | None, kind: str) -> nn.Module:
     model = float_model(images, cfg, activation)
-    if kind == "qat":
+    if kind in ("qat", "qat_ort"):
         from yolov9_qat.quant.quantize import calibrate, prepare_qat_model
 
-        model = prepare_qat_model(model, calib_method="max")
+        model = prepare_qat_model(model, calib_method="max", placement="ort" if kind == "qat_ort" else "trt")
         calibrate(model, loader, n_batches=1)
     elif kind == "plain":
         import modelopt.torch.quantization as mtq
@@ -127,6 +128,23 @@ def onnx_factory(images, loader, tmp_path_factory) -> Callable[..., Path]:
                 name = f"{cfg.replace('>', '_to_')}-{activation or 'default'}-{kind}.onnx"
                 cache[key] = export(model, images[:1], root / name)
         return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ort_placement_factory(images, loader, tmp_path_factory) -> Callable[[str], tuple[nn.Module, Path]]:
+    """``make(activation) -> (model, path)``: gelan-n in the ``ort`` placement, calibrated, and its
+    export at 64 px with batch 2 (cached per activation)."""
+    root = tmp_path_factory.mktemp("ort_placement")
+    cache: dict[str, tuple[nn.Module, Path]] = {}
+
+    def make(activation: str) -> tuple[nn.Module, Path]:
+        if activation not in cache:
+            with single_thread():
+                model = build(images, loader, "gelan-n", activation, "qat_ort")
+                cache[activation] = (model, export(model, images[:2], root / f"{activation}.onnx"))
+        return cache[activation]
 
     return make
 

@@ -79,3 +79,14 @@ def ptq_model(float_model, train_loader) -> DetectionModel:
         model = prepare_qat_model(copy.deepcopy(float_model), calib_method="percentile")
         calibrate(model, train_loader, n_batches=2)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def ptq_model_ort(float_model, train_loader) -> DetectionModel:
+    """The calibrated ``ort`` placement of :func:`float_model` (every op's output quantized too)."""
+    from yolov9_qat.quant.quantize import calibrate, prepare_qat_model
+
+    with torch_threads(1):
+        model = prepare_qat_model(copy.deepcopy(float_model), calib_method="percentile", placement="ort")
+        calibrate(model, train_loader, n_batches=2)
+    return model.eval()

@@ -72,3 +72,15 @@ def test_float_checkpoint_is_not_a_qat_checkpoint(float_model, tmp_path) -> None
     path = checkpoint.save(float_model, tmp_path / "float.pt")
     with pytest.raises(CheckpointError, match="not a QAT checkpoint"):
         load_qat(path)
+
+
+@pytest.mark.cpu
+def test_ort_placement_round_trip(ptq_model_ort, images, tmp_path) -> None:
+    """The placement is stored; reloading re-traces the same exit ties and gives identical outputs."""
+    path = save_qat(ptq_model_ort, tmp_path / "qat-ort.pt")
+    assert torch.load(path, weights_only=True)["qat"]["placement"] == "ort"
+    model, _ = load_qat(path)
+    assert model.qat["placement"] == "ort"
+    assert rules.describe(model) == rules.describe(ptq_model_ort)
+    with torch.no_grad():
+        assert torch.equal(model(images[:2]), ptq_model_ort.eval()(images[:2]))

@@ -89,3 +89,40 @@ def test_wrong_activation_or_class_count_is_a_user_error(float_model, synth_yaml
     other = checkpoint.save(DetectionModel("gelan-n", nc=3).fuse(), tmp_path / "gelan3.pt")
     with pytest.raises(UserError, match="3 classes"):
         _run(str(other), synth_yaml, tmp_path)
+
+
+@pytest.mark.cpu
+def test_ort_placement_from_the_command_line(float_model, synth_yaml, tmp_path) -> None:
+    """``quantize --placement ort`` -> ``export`` -> ``val --backend onnxruntime`` as a user runs them:
+    the checkpoint, the ONNX metadata and ONNX Runtime's rewrite all carry the placement."""
+    import subprocess
+    import sys
+
+    from yolov9_qat.export.onnx import read_metadata
+    from yolov9_qat.runtime.onnxruntime import load_onnx
+
+    weights = checkpoint.save(float_model, tmp_path / "gelan.pt")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [sys.executable, "-m", "yolov9_qat", *args], capture_output=True, text=True, timeout=600,
+            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc
+
+    common = ["--data", str(synth_yaml), "--img", "64", "--no-progress"]
+    cli("quantize", "--weights", str(weights), "--placement", "ort", "--epochs", "0", "--calib-batches", "1",
+        "--batch-size", "8", "--workers", "0", "--project", str(tmp_path), "--name", "q", *common)  # fmt: skip
+    summary = json.loads((tmp_path / "q" / "summary.json").read_text())
+    assert summary["placement"] == "ort"
+    ptq = tmp_path / "q" / "weights" / "ptq_gelan.pt"
+    assert torch.load(ptq, weights_only=True)["qat"]["placement"] == "ort"
+    cli("export", "--weights", str(ptq), "--include", "onnx", "--img", "64")
+    onnx_path = ptq.with_suffix(".onnx")
+    assert read_metadata(load_onnx(onnx_path))["placement"] == "ort"
+    out = tmp_path / "val.json"
+    cli("val", "--backend", "onnxruntime", "--weights", str(onnx_path), "--batch-size", "8", "--workers", "0",
+        "--project", str(tmp_path), "--name", "v", "--json-out", str(out), *common)  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["runtime"]["rewrite"] in ("qlinear", "none") and 0.0 <= result["AP"] <= 1.0

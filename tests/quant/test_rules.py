@@ -15,6 +15,7 @@ from yolov9_qat.models.heads import DFL
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.quant import rules
 from yolov9_qat.quant.quantize import calibrate, prepare_qat_model, sync_tied_amax, tie_violations
+from yolov9_qat.utils.runs import torch_threads
 
 
 def _amax(q: TensorQuantizer) -> list[float]:
@@ -150,3 +151,51 @@ def test_dual_head_and_skip_layers(float_model) -> None:
         prepare_qat_model(model)
     with pytest.raises(UserError, match="skip layer 99"):
         prepare_qat_model(copy.deepcopy(float_model), skip_layers=[99])
+
+
+@pytest.mark.cpu
+def test_ort_placement_quantizes_each_op_output_once(ptq_model, ptq_model_ort) -> None:
+    """``ort``: every conv block's pre-activation, SiLU's sigmoid, the block output and the residual
+    Add's output get quantizers; a block's exit is one object with the quantizers that read it
+    (through split / concat / max-pool / upsample), and every TensorRT tie still holds."""
+    model = ptq_model_ort
+    assert model.qat["placement"] == "ort" and tie_violations(model) == []
+    m = model.model
+    convs = [mod for mod in model.modules() if isinstance(mod, (blocks.Conv, blocks.RepConvN))]
+    assert convs and all(
+        hasattr(c, rules.PREACT) and hasattr(c, rules.EXIT) and hasattr(c, rules.GATE) for c in convs
+    )
+    assert m[0].exit_quantizer is m[1].conv.input_quantizer  # Conv -> Conv
+    elan = m[4]  # RepNCSPELAN4: cv1's output is split, both halves concatenated and one read by cv2
+    assert elan.cv1.exit_quantizer is elan.cv4.conv.input_quantizer is elan.cv2[0].cv1.conv.input_quantizer
+    assert elan.cv2[-1].exit_quantizer is elan.cv4.conv.input_quantizer is elan.cv3[-1].exit_quantizer
+    adds = [mod for mod in model.modules() if isinstance(mod, blocks.RepNBottleneck) and mod.add]
+    assert adds and all(a.sum_quantizer is not a.shortcut_quantizer for a in adds)  # the Add's own output
+    assert m[9].cv1.exit_quantizer is m[9].cv5.conv.input_quantizer  # SPPELAN: through the max-pools
+    assert m[7].pool_quantizer is m[6].cv4.exit_quantizer  # AConv reads ELAN 6's output
+    assert m[7].cv1.conv.input_quantizer is not m[7].pool_quantizer  # the average pool re-quantizes
+    assert all(c.preact_quantizer is not c.exit_quantizer for c in convs)  # SiLU: not a pass-through
+    # the TensorRT groups are unions of ort groups: every trt tie is kept
+    ort_group = {(r["path"], r["quantizer"]): r["group"] for r in rules.describe(model)}
+    for group in rules.plan(ptq_model).tied():
+        assert len({ort_group[s] for s in group}) == 1
+    # the extra quantizers are calibrated like the others
+    extra = [r for r in rules.describe(model) if r["quantizer"] in (rules.PREACT, rules.GATE, rules.EXIT)]
+    assert extra and all(isinstance(r["amax"], float) and r["amax"] > 0 for r in extra)
+    gates = [r["amax"] for r in extra if r["quantizer"] == rules.GATE]
+    assert max(gates) <= 1.0 + 1e-6  # a sigmoid's range
+
+
+@pytest.mark.cpu
+def test_ort_placement_relu_preactivation_tied_with_exit(float_factory, images) -> None:
+    """ReLU commutes with symmetric quantization, so its input and output share one quantizer (the
+    trace treats it as a pass-through); SiLU-free blocks carry no sigmoid quantizer."""
+    from yolov9_qat.quant.quantize import prepare_qat_model
+
+    with torch_threads(1):
+        model = prepare_qat_model(float_factory(images, activation="ReLU"), "max", placement="ort")
+    convs = [mod for mod in model.modules() if isinstance(mod, (blocks.Conv, blocks.RepConvN))]
+    assert all(c.preact_quantizer is c.exit_quantizer for c in convs)
+    assert not any(hasattr(c, rules.GATE) for c in convs)
+    with pytest.raises(UserError, match="placement 'tensorrt'"):
+        prepare_qat_model(float_factory(images), "max", placement="tensorrt")

@@ -95,6 +95,15 @@ RULES: dict[str, str] = {
     "qdq-format": "8-bit symmetric Q/DQ (int8 zp 0, or uint8 zp 128 for activations), matching pairs",
 }
 
+#: rules that do not apply to a graph of another Q/DQ placement (``placement`` in the ONNX metadata,
+#: written by ``export``; see :data:`yolov9_qat.quant.rules.PLACEMENTS`), with the reason
+PLACEMENT_EXEMPT: dict[str, dict[str, str]] = {
+    "ort": {
+        "float-island": "the ort placement quantizes each op's output on purpose: ONNX Runtime runs "
+        "DQ -> op -> Q as one integer op (QLinearSigmoid, QLinearMul, QLinearAdd ...)",
+    },
+}
+
 #: the counts in :attr:`LintReport.stats`
 STAT_KEYS: tuple[str, ...] = (
     "nodes",
@@ -215,6 +224,9 @@ class LintReport:
     allowed_float: list[str] = field(default_factory=list)
     #: the file or graph name, for :meth:`format`
     source: str = ""
+    #: the Q/DQ placement the graph was checked for, and the rules skipped for it (id -> why)
+    placement: str = "trt"
+    skipped: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -260,6 +272,8 @@ class LintReport:
             lines = [f"{name}: {len(self.violations)} violations ({per_rule})", f"  {summary}"]
         if self.allowed_float:
             lines.append(f"  float by allow_float: {', '.join(self.allowed_float)}")
+        for rule, why in self.skipped.items():
+            lines.append(f"  {rule} not checked ({self.placement} placement): {why}")
         lines.extend(f"  {v}" for v in self.violations)
         return "\n".join(lines)
 
@@ -957,11 +971,13 @@ def lint(
     model: onnx.ModelProto | str | Path,
     allow_float: Sequence[str] = DEFAULT_ALLOW_FLOAT,
     rules: Iterable[str] | None = None,
+    placement: str | None = None,
 ) -> LintReport:
     """Check ``model`` (a ModelProto or an ONNX file) against the Q/DQ rules (:data:`RULES`).
 
     ``allow_float``: name patterns of the convs that may stay float (default: the DFL's conv).
-    ``rules``: a subset of rule ids to run (default: all). ``stats`` holds every count of
+    ``rules``: a subset of rule ids to run (default: all but those :data:`PLACEMENT_EXEMPT` lists
+    for ``placement``, which defaults to the graph's ``placement`` metadata, else ``trt``). ``stats`` holds every count of
     :data:`STAT_KEYS` (live / dead nodes, convs and INT8 convs, Q, DQ, Q->DQ pairs by role, the
     float ``tail_nodes`` after the last activation Q, and how many concats / adds / pools / resizes
     the scale rules checked).
@@ -972,7 +988,11 @@ def lint(
         model = load_model(model)
     source = source or model.graph.name
     g = QdqGraph(model)
-    selected = list(RULES) if rules is None else list(rules)
+    if placement is None:
+        meta = {p.key: p.value for p in model.metadata_props}
+        placement = meta.get("placement", "trt")
+    skipped = dict(PLACEMENT_EXEMPT.get(placement, {})) if rules is None else {}
+    selected = [r for r in RULES if r not in skipped] if rules is None else list(rules)
     unknown = [r for r in selected if r not in CHECKS]
     if unknown:
         raise UserError(f"unknown lint rule(s) {', '.join(unknown)}; rules: {', '.join(RULES)}")
@@ -1005,7 +1025,15 @@ def lint(
     for rule in RULES:
         if rule in selected:
             violations.extend(CHECKS[rule](ctx))
-    return LintReport(violations, dict(stats), quantized=True, allowed_float=allowed, source=source)
+    return LintReport(
+        violations,
+        dict(stats),
+        quantized=True,
+        allowed_float=allowed,
+        source=source,
+        placement=placement,
+        skipped=skipped,
+    )
 
 
 def lint_file(path: str | Path, allow_float: Sequence[str] = DEFAULT_ALLOW_FLOAT) -> tuple[int, str]:

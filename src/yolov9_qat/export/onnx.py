@@ -78,6 +78,9 @@ def metadata(model: DetectionModel, opts: ExportOptions, precision: str) -> dict
         "dynamic": json.dumps(bool(opts.dynamic)),
         "end2end": opts.end2end or "",
     }
+    qat = getattr(model, "qat", None)
+    if isinstance(qat, dict) and precision == "int8":
+        meta["placement"] = str(qat.get("placement", "trt"))  # Q/DQ rules: trt or ort (lint reads it)
     if opts.end2end:
         meta["nms"] = json.dumps(
             {"iou_thres": opts.iou_thres, "conf_thres": opts.conf_thres, "max_det": opts.max_det}

@@ -432,3 +432,147 @@ def _drop_dead(model: onnx.ModelProto, read_before: set[str]) -> None:
     if len(keep_vi) != len(graph.value_info):
         del graph.value_info[:]
         graph.value_info.extend(keep_vi)
+
+
+# --- ONNX Runtime integer ops end to end (graphs of the ``ort`` placement) ------------------------
+
+#: ops that only select or copy values (data input indices): ``DQ -> op`` equals ``op -> DQ`` exactly
+_SINK_INPUTS: dict[str, tuple[int, ...] | None] = {
+    "Slice": (0,),
+    "Split": (0,),
+    "MaxPool": (0,),
+    "Resize": (0,),
+    "Concat": None,  # every input
+}
+
+
+def has_output_qdq(model: onnx.ModelProto) -> bool:
+    """Whether convs write quantized outputs (a graph of the ``ort`` placement: some Conv's only
+    reader is an activation QuantizeLinear)."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    return any(
+        [c.op_type for c in consumers.get(n.output[0], [])] == [Q]
+        for n in model.graph.node
+        if n.op_type == "Conv"
+    )
+
+
+def _same_qparams(a, b) -> bool:  # type: ignore[no-untyped-def]
+    return (
+        a is not None
+        and b is not None
+        and a.per_tensor
+        and b.per_tensor
+        and a.dtype == b.dtype
+        and np.array_equal(a.scale, b.scale)
+        and np.array_equal(a.zero_point, b.zero_point)
+    )
+
+
+def sink_dq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Move DequantizeLinear below the ops that only move values, and drop ``DQ -> Q`` pairs of one
+    quantization: exact rewrites (the same numbers), so that ONNX Runtime keeps integer tensors from
+    one integer op to the next.
+
+    * ``DQ(x) -> Slice / Split / MaxPool / Resize(nearest)`` and ``Concat`` of DQs with one scale and
+      zero point become the op on the integers, then one DQ per output (selecting, max and nearest
+      resizing commute with an increasing affine map);
+    * ``DQ(p) -> Q(p)`` (same per-tensor scale, zero point and type) is the identity on the integers:
+      the Q's readers read the DQ's input.
+
+    Returns the new model (``model`` is left untouched) and counts ``{"sunk", "folded"}``.
+    """
+    src = onnx.ModelProto()
+    src.CopyFrom(model)
+    g = QdqGraph(src)
+    graph = src.graph
+    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+    taken |= {i.name for i in graph.input}
+    producer = dict(g.producer)
+    after: dict[int, list[onnx.NodeProto]] = {}
+    sunk = 0
+    for n in g._topo():
+        idx = _SINK_INPUTS.get(n.op_type, ())
+        if idx == ():
+            continue
+        if n.op_type == "Resize" and any(
+            a.name == "mode" and onnx.helper.get_attribute_value(a) != b"nearest" for a in n.attribute
+        ):
+            continue
+        if n.op_type == "MaxPool" and len([o for o in n.output if o]) != 1:
+            continue
+        positions = list(range(len(n.input))) if idx is None else list(idx)
+        dqs = [producer.get(n.input[i]) for i in positions]
+        if not dqs or any(d is None or d.op_type != DQ for d in dqs):
+            continue
+        qps = [g.qparams(d) for d in dqs]  # type: ignore[arg-type]
+        if not all(_same_qparams(qps[0], p) for p in qps):
+            continue
+        ref = dqs[0]
+        for i, d in zip(positions, dqs, strict=True):
+            n.input[i] = d.input[0]  # type: ignore[union-attr]
+        for j, out in enumerate(n.output):
+            if not out:
+                continue
+            ints = _unique(f"{out}_int", taken)
+            n.output[j] = ints
+            dq = onnx.helper.make_node(
+                DQ,
+                [ints, *ref.input[1:]],
+                [out],
+                name=_unique(f"{n.name or out}_dq{j}", taken),  # type: ignore[union-attr]
+            )
+            for a in ref.attribute:  # type: ignore[union-attr]
+                dq.attribute.append(a)
+            after.setdefault(id(n), []).append(dq)
+            producer[out] = dq
+            g._qp[id(dq)] = (dq, qps[0])
+        sunk += 1
+    nodes: list[onnx.NodeProto] = []
+    for n in graph.node:
+        nodes.append(n)
+        nodes.extend(after.get(id(n), []))
+
+    # DQ(p) -> Q(p): the Q's readers take the DQ's integer input
+    rename: dict[str, str] = {}
+    dropped: set[int] = set()
+    for n in nodes:
+        if n.op_type != Q or n.output[0] in g.outputs:
+            continue
+        d = producer.get(n.input[0])
+        if d is None or d.op_type != DQ or g.kind.get(d.input[0], ACT_KIND) == "const":
+            continue
+        if _same_qparams(g.qparams(d), g.qparams(n)):
+            rename[n.output[0]] = d.input[0]
+            dropped.add(id(n))
+    for n in nodes:
+        for i, t in enumerate(n.input):
+            while t in rename:
+                t = rename[t]
+            n.input[i] = t
+    read_before = {t for n in graph.node for t in n.input}
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if id(n) not in dropped)
+    _drop_dead(src, read_before)
+    return src, {"sunk": sunk, "folded": len(dropped)}
+
+
+ACT_KIND = "act"
+
+
+def to_ort_qlinear(
+    model: onnx.ModelProto | str | Path, out_path: str | Path | None = None
+) -> onnx.ModelProto:
+    """A graph of the ``ort`` placement as ONNX Runtime runs it fastest: uint8 activations
+    (:func:`to_u8`) and DQ moved below value-moving ops (:func:`sink_dq`); both exact. ONNX Runtime then
+    fuses QLinearConv / QLinearSigmoid / QLinearMul / QLinearAdd / QLinearConcat / QLinearAveragePool
+    itself, whose integer requantization rounds as the model's own quantizers do."""
+    u8 = to_u8(model)
+    out, counts = sink_dq(u8)
+    log.debug("sank %d DequantizeLinear nodes, folded %d DQ -> Q pairs", counts["sunk"], counts["folded"])
+    if out_path is not None:
+        atomic_write_bytes(out_path, out.SerializeToString())
+    return out

@@ -2,7 +2,8 @@
 
 ModelOpt quantizes ``nn.Conv2d`` and ``nn.MaxPool2d`` itself; the twins here add the quantizers that
 :data:`yolov9_qat.quant.rules.SITES` names for the model-level Concat, nearest Upsample, the residual
-add of RepNBottleneck and the average pools of AConv / ADown. Each is a ModelOpt ``QuantModule``
+add of RepNBottleneck and the average pools of AConv / ADown, and (``ort`` placement only) the conv
+blocks' pre-activation, sigmoid and output quantizers and the residual add's output. Each is a ModelOpt ``QuantModule``
 (``_setup`` makes the quantizers; the block's class becomes a subclass of the twin in place), so
 ModelOpt's tools (summaries, ONNX Q/DQ export) see them like its own modules.
 """
@@ -16,6 +17,7 @@ from modelopt.torch.quantization.nn.modules.quant_module import QuantModule
 from torch import nn
 
 from yolov9_qat.models import blocks
+from yolov9_qat.quant.rules import EXIT, GATE, PREACT, SUM
 
 
 class QuantConcat(QuantModule):
@@ -49,7 +51,42 @@ class QuantRepNBottleneck(QuantModule):
         y = self.cv2(self.cv1(x))
         if not self.add:
             return y
-        return self.shortcut_quantizer(x) + self.branch_quantizer(y)
+        out = self.shortcut_quantizer(x) + self.branch_quantizer(y)
+        total = self._modules.get(SUM)  # ``ort`` placement: the Add's output (QLinearAdd)
+        return total(out) if total is not None else out
+
+
+def _quantized_act(block: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``ort`` placement: quantize the conv output, SiLU's sigmoid (SiLU as ``y * sigmoid(y)``, the
+    ONNX graph's own form) and the activation's output."""
+    y = getattr(block, PREACT)(y)
+    gate = block._modules.get(GATE)
+    y = y * gate(torch.sigmoid(y)) if gate is not None else block.act(y)
+    return getattr(block, EXIT)(y)
+
+
+class _ConvBlockQuantizers(QuantModule):
+    def _setup(self) -> None:
+        self._register_temp_attribute(PREACT, TensorQuantizer())
+        if isinstance(self.act, nn.SiLU):
+            self._register_temp_attribute(GATE, TensorQuantizer())
+        self._register_temp_attribute(EXIT, TensorQuantizer())
+
+
+class QuantConvBlock(_ConvBlockQuantizers):
+    """Conv (BN folded) with the ``ort`` placement's quantizers around its activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _quantized_act(self, self.bn(self.conv(x)))
+
+
+class QuantRepConvN(_ConvBlockQuantizers):
+    """RepConvN (branches folded into ``conv``) with the ``ort`` placement's quantizers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self, "conv"):
+            raise RuntimeError("the ort placement quantizes RepConvN in its fused form (model.fuse())")
+        return _quantized_act(self, self.conv(x))
 
 
 class QuantAConv(QuantModule):
@@ -81,6 +118,9 @@ TWINS: dict[type[nn.Module], type[QuantModule]] = {
     blocks.RepNBottleneck: QuantRepNBottleneck,
     blocks.AConv: QuantAConv,
     blocks.ADown: QuantADown,
+    # converted only in the ``ort`` placement (rules.ORT_SITES)
+    blocks.Conv: QuantConvBlock,
+    blocks.RepConvN: QuantRepConvN,
 }
 
 

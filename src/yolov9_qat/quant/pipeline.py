@@ -161,12 +161,15 @@ def quantize(
     workers: int = 8,
     progress: bool = True,
     det_loss_weight: float = 0.0,
+    placement: str = "trt",
 ) -> dict[str, Any]:
     """Origin -> PTQ -> QAT for one checkpoint; returns the summary also written to ``summary.json``.
 
     Defaults are upstream YOLOv9-QAT's (batch 10, 200 iterations x 10 epochs, lr 1e-5, seed 57,
     histogram calibration at the 99.999th percentile over 25 batches). ``activation``, when given,
     must be the checkpoint's (a guard for scripts that run one activation after another).
+    ``placement``: ``trt`` (TensorRT's Q/DQ rules) or ``ort`` (also every op's output, for ONNX
+    Runtime's integer kernels on the CPU; see :mod:`yolov9_qat.quant.rules`).
     """
     t_start = time.perf_counter()
     _seed(seed)
@@ -188,6 +191,7 @@ def quantize(
         "img": img,
         "batch_size": batch_size,
         "device": str(dev),
+        "placement": placement,
         "calib_method": calib_method,
         "percentile": percentile,
         "calib_batches": calib_batches,
@@ -216,7 +220,9 @@ def quantize(
         summary["origin"] = _evaluate(evaluator, float_model, dev, progress, "Origin")
         log.info("Origin: %s", _fmt(summary["origin"]))
 
-    qat_model = prepare_qat_model(copy.deepcopy(float_model), calib_method, percentile, skip_layers)
+    qat_model = prepare_qat_model(
+        copy.deepcopy(float_model), calib_method, percentile, skip_layers, placement
+    )
     summary["calibration"] = calibrate(qat_model, train_loader, calib_batches, device=dev, progress=progress)
     meta = {"origin_weights": str(weights), "data": summary["data"], "img": img}
     if eval_ptq:

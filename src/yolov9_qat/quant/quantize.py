@@ -85,14 +85,18 @@ def prepare_qat_model(
     calib_method: str = DEFAULT_CALIB_METHOD,
     percentile: float = DEFAULT_PERCENTILE,
     skip_layers: Iterable[int] = (),
+    placement: str = rules.DEFAULT_PLACEMENT,
 ) -> DetectionModel:
     """Quantize ``model`` in place (fused first) and return it; quantizers are not calibrated yet.
 
     ``calib_method`` (with ``percentile``) is the method :func:`calibrate` uses unless told
-    otherwise. ``skip_layers``: indices into ``model.model`` that stay float. The settings are kept
-    in ``model.qat`` (a plain dict), which QAT checkpoints store.
+    otherwise. ``skip_layers``: indices into ``model.model`` that stay float. ``placement``: ``trt``
+    (TensorRT's rules) or ``ort`` (every op's output quantized too, for ONNX Runtime's integer
+    kernels; see :mod:`yolov9_qat.quant.rules`). The settings are kept in ``model.qat`` (a plain
+    dict), which QAT checkpoints store.
     """
     check_method(calib_method)
+    rules.check_placement(placement)
     if not isinstance(model, DetectionModel):
         raise UserError(f"only DetectionModel can be quantized, got {type(model).__name__}")
     if is_quantized(model):
@@ -103,7 +107,7 @@ def prepare_qat_model(
         model.fuse()
     model.eval()
     register_twins()
-    p = rules.plan(model, skip)
+    p = rules.plan(model, skip, placement)
 
     for path in dict.fromkeys(path for path, _ in p.sites):
         m = model.get_submodule(path)
@@ -115,18 +119,23 @@ def prepare_qat_model(
             setattr(parent, name, q)
 
     for path, attr in p.sites:
-        q = getattr(model.get_submodule(path), attr)
+        m = model.get_submodule(path)
+        if not hasattr(m, attr):  # an ``ort`` quantizer on a block whose twin does not make it
+            m.add_module(attr, TensorQuantizer())
+        q = getattr(m, attr)
         q.set_from_attribute_config(_weight_cfg() if attr == rules.WEIGHT else _input_cfg())
 
-    for group in p.tied():
-        first = getattr(model.get_submodule(group[0][0]), group[0][1])
-        for path, attr in group[1:]:
-            setattr(model.get_submodule(path), attr, first)
+    groups = p.tied()
+    _tie(model, groups)
+    if placement == "ort":
+        groups = rules.flow_ties(model)
+        _tie(model, groups)
 
     model.qat = {
         "calib_method": calib_method,
         "percentile": float(percentile),
         "skip_layers": skip,
+        "placement": placement,
         "calibrated": False,
     }
     n_q = len({id(q) for *_, q in rules.quantizer_sites(model)})
@@ -134,10 +143,22 @@ def prepare_qat_model(
         "inserted %d quantizers at %d sites (%d tie groups)%s",
         n_q,
         len(p.sites),
-        len(p.tied()),
+        len(groups),
         f"; layers {skip} stay float" if skip else "",
     )
     return model
+
+
+def _tie(model: nn.Module, groups: list[list[rules.Site]]) -> None:
+    """Make every site of each group use the group's first quantizer object."""
+    for group in groups:
+        first = getattr(model.get_submodule(group[0][0]), group[0][1])
+        for path, attr in group[1:]:
+            setattr(model.get_submodule(path), attr, first)
+
+
+def placement_of(model: nn.Module) -> str:
+    return getattr(model, "qat", {}).get("placement", rules.DEFAULT_PLACEMENT)
 
 
 def unique_quantizers(model: nn.Module) -> dict[str, list[tuple[str, TensorQuantizer]]]:
@@ -274,7 +295,7 @@ def sync_tied_amax(model: DetectionModel) -> int:
     """Give every tie group of the rules one ``amax`` (the group's max) where its sites hold
     different quantizer objects; returns how many quantizers were changed (0 when ties are objects)."""
     changed = 0
-    for group in rules.plan(model, model.qat["skip_layers"]).tied():
+    for group in rules.plan(model, model.qat["skip_layers"], placement_of(model)).tied():
         qs = {id(q): q for q in (getattr(model.get_submodule(p), a) for p, a in group)}
         if len(qs) < 2:
             continue
@@ -291,7 +312,8 @@ def sync_tied_amax(model: DetectionModel) -> int:
 def tie_violations(model: DetectionModel) -> list[str]:
     """Tie groups of the rules whose sites do not share one quantizer object or one ``amax``."""
     bad = []
-    for group in rules.plan(model, getattr(model, "qat", {}).get("skip_layers", ())).tied():
+    skip = getattr(model, "qat", {}).get("skip_layers", ())
+    for group in rules.plan(model, skip, placement_of(model)).tied():
         qs = [getattr(model.get_submodule(p), a) for p, a in group]
         if all(q is qs[0] for q in qs):
             continue

@@ -29,6 +29,18 @@ has run, so calibration sees all of their tensors in one histogram and yields on
 :func:`plan` turns the tables into the groups of sites for a model; :func:`describe` lists the
 quantizers of a model with their group ids.
 
+Two placements (:data:`PLACEMENTS`):
+
+* ``trt`` (the default, the record's): the rules above, for TensorRT;
+* ``ort``: for ONNX Runtime on the CPU, whose integer kernels (QLinearConv, QLinearSigmoid,
+  QLinearMul, QLinearAdd, QLinearAveragePool) need a Q right after each op. On top of the ``trt``
+  quantizers, :data:`ORT_SITES` quantizes every conv block's pre-activation output, SiLU's sigmoid
+  and the block's output (its *exit*), and the residual Add's output. Each exit is the one quantizer
+  of its values: :func:`flow_ties` traces a forward pass and ties an exit with every quantizer that
+  reads those values unchanged (through :data:`PASSTHROUGH` ops: split, concat, max-pool, nearest
+  upsample, ReLU), so the exported graph quantizes each tensor once and ONNX Runtime keeps it in
+  uint8 from one integer op to the next. QAT then trains with exactly the roundings ORT will do.
+
 Reference rules: ``find_quantizer_pairs`` and ``apply_custom_rules_to_quantizer`` in
 levipereira/yolov9-qat ``models/quantize_rules.py`` / ``models/quantize.py`` (concat consumers,
 max-pool, residual add), and NVIDIA's TensorRT developer guide, "Explicit quantization".
@@ -77,6 +89,51 @@ FLOAT: dict[str, str] = {
     "(anchors, sigmoid), runs after the head's last DQ in float: quantizing it would only add "
     "precision boundaries to a tiny op",
 }
+
+
+#: ``trt``: TensorRT's rules (the record's); ``ort``: also quantize every op's output for ONNX Runtime
+PLACEMENTS: tuple[str, ...] = ("trt", "ort")
+DEFAULT_PLACEMENT = "trt"
+
+#: conv block output before the activation (ORT's QLinearConv output)
+PREACT = "preact_quantizer"
+#: SiLU's sigmoid output (QLinearSigmoid), only where the block's activation is SiLU
+GATE = "gate_quantizer"
+#: the block's output (QLinearMul's for SiLU), tied with the quantizers that read it
+EXIT = "exit_quantizer"
+#: the residual Add's output (QLinearAdd)
+SUM = "sum_quantizer"
+
+#: the ``ort`` placement's quantizers on top of :data:`SITES` (conv blocks: BN folded, RepConvN fused)
+ORT_SITES: dict[str, tuple[str, ...]] = {
+    "Conv": (PREACT, GATE, EXIT),
+    "RepConvN": (PREACT, GATE, EXIT),
+    "RepNBottleneck+add": (SUM,),
+}
+
+#: torch functions whose outputs are values of their inputs (selected, copied, or ReLU'd on a
+#: symmetric grid): a quantizer reading their output reads the values of the quantizer before them
+PASSTHROUGH: frozenset[str] = frozenset(
+    {"cat", "concat", "chunk", "split", "max_pool2d", "_max_pool2d", "interpolate", "relu"}
+)
+
+
+def check_placement(placement: str) -> str:
+    if placement not in PLACEMENTS:
+        raise UserError(f"placement {placement!r} is not one of {', '.join(PLACEMENTS)}")
+    return placement
+
+
+def sites_of(module: nn.Module, placement: str = DEFAULT_PLACEMENT) -> tuple[str, ...]:
+    """The quantizer attributes ``module`` carries in ``placement``."""
+    key = rule_key(module) or ""
+    attrs = SITES.get(key, ())
+    if placement == "ort":
+        extra = ORT_SITES.get(key, ())
+        if GATE in extra and not isinstance(getattr(module, "act", None), nn.SiLU):
+            extra = tuple(a for a in extra if a != GATE)
+        attrs = attrs + extra
+    return attrs
 
 
 @dataclass(frozen=True)
@@ -294,12 +351,15 @@ def check_model(model: nn.Module) -> None:
             )
 
 
-def plan(model: nn.Module, skip_layers: Iterable[int] = ()) -> Plan:
+def plan(model: nn.Module, skip_layers: Iterable[int] = (), placement: str = DEFAULT_PLACEMENT) -> Plan:
     """The sites and tie groups that :data:`SITES`, :data:`RULES` and :data:`MODEL_RULES` give ``model``.
 
     Works on the float model and on its quantized form alike (same module paths). Layers in
-    ``skip_layers`` (indices into ``model.model``) get no quantizers and take part in no tie.
+    ``skip_layers`` (indices into ``model.model``) get no quantizers and take part in no tie. The
+    ``ort`` placement adds :data:`ORT_SITES`; its exit ties come from :func:`flow_ties`, which needs
+    the quantized model.
     """
+    check_placement(placement)
     check_model(model)
     skipped = skipped_paths(skip_layers)
     modules = dict(model.named_modules())
@@ -309,7 +369,7 @@ def plan(model: nn.Module, skip_layers: Iterable[int] = ()) -> Plan:
     for path, m in modules.items():
         if _under(path, skipped) or _under(path, floating):
             continue
-        for attr in SITES.get(rule_key(m) or "", ()):
+        for attr in sites_of(m, placement):
             uf.add((path, attr))
             out.sites.append((path, attr))
 
@@ -384,6 +444,98 @@ def quantizer_sites(model: nn.Module) -> list[tuple[str, str, nn.Module]]:
             if isinstance(child, TensorQuantizer) and attr != "output_quantizer":
                 found.append((path, attr, child))
     return found
+
+
+def flow_ties(model: nn.Module, imgsz: int = 64) -> list[list[Site]]:
+    """The ``ort`` placement's exit ties: groups of sites of a quantized ``model`` that read one
+    quantizer's values, found by tracing one forward pass (quantizers passing their input through).
+
+    An exit / sum quantizer's output, and everything a :data:`PASSTHROUGH` op makes of it, is on
+    that quantizer's grid; every quantizer that reads such a tensor is tied with it. Groups already
+    tied by :func:`plan` merge as well. Returns the groups with more than one quantizer object.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    sites = quantizer_sites(model)
+    by_id: dict[int, list[Site]] = {}
+    for path, attr, q in sites:
+        by_id.setdefault(id(q), []).append((path, attr))
+    quantizers = {id(q): q for *_, q in sites}
+    parent = {k: k for k in quantizers}
+
+    def find(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    def union(a: int, b: int) -> None:
+        parent[find(b)] = find(a)
+
+    owner: dict[int, int] = {}  # id(tensor) -> id(quantizer) whose grid the tensor is on
+    keep: list[Any] = []  # the traced tensors stay alive, so that their ids stay unique
+
+    def tensors(obj: Any) -> list[Any]:
+        if isinstance(obj, torch.Tensor):
+            return [obj]
+        if isinstance(obj, (list, tuple)):
+            return [t for o in obj for t in tensors(o)]
+        if isinstance(obj, dict):
+            return [t for o in obj.values() for t in tensors(o)]
+        return []
+
+    class Flow(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            if getattr(func, "__name__", "") in PASSTHROUGH:
+                ins = [t for t in tensors((args, kwargs)) if t.is_floating_point() and t.dim() == 4]
+                mode = (kwargs or {}).get("mode", "nearest")
+                if ins and all(id(t) in owner for t in ins) and mode == "nearest":
+                    for t in ins[1:]:
+                        union(owner[id(ins[0])], owner[id(t)])
+                    for o in tensors(out):
+                        owner[id(o)] = owner[id(ins[0])]
+                        keep.append(o)
+            return out
+
+    def pre(q: nn.Module, args: tuple[Any, ...]) -> None:
+        if args and id(args[0]) in owner:
+            union(owner[id(args[0])], id(q))
+
+    def post(q: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            owner[id(out)] = id(q)
+            keep.append(out)
+
+    handles = [
+        h
+        for q in quantizers.values()
+        for h in (q.register_forward_pre_hook(pre), q.register_forward_hook(post))
+    ]
+    was_training = model.training
+    flags = [(q, q._disabled) for q in quantizers.values()]
+    try:
+        for q in quantizers.values():
+            q.disable()
+        param = next(model.parameters())
+        x = torch.zeros(1, 3, imgsz, imgsz, device=param.device, dtype=param.dtype)
+        with torch.no_grad(), Flow():
+            model.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for q, disabled in flags:
+            q._disabled = disabled
+        model.train(was_training)
+    groups: dict[int, list[Site]] = {}
+    for k in quantizers:
+        groups.setdefault(find(k), []).extend(by_id[k])
+    return [g for g in groups.values() if len({id(getattr(_module(model, p), a)) for p, a in g}) > 1]
+
+
+def _module(model: nn.Module, path: str) -> nn.Module:
+    return model.get_submodule(path) if path else model
 
 
 def _amax_repr(q: Any) -> float | list[float] | None:

@@ -33,8 +33,8 @@ import yaml
 from yolov9_qat.errors import ConfigError
 from yolov9_qat.record.tables import (
     LATENCY_METRICS,
+    LATENCY_ROW_LABELS,
     METRICS,
-    PRECISION_LABELS,
     RESILIENCE,
     deltas_from_accuracy,
     is_eval_key,
@@ -313,10 +313,10 @@ class _Validator:
             act = self.name(act, ("latency",))
             out[act] = {}
             for prec, per_batch in self.mapping(per_prec, ("latency", act)).items():
-                if prec not in PRECISION_LABELS:
+                if prec not in LATENCY_ROW_LABELS:
                     raise self.fail(
                         ("latency", act, prec),
-                        f"unknown precision; expected one of {', '.join(PRECISION_LABELS)}",
+                        f"unknown precision; expected one of {', '.join(LATENCY_ROW_LABELS)}",
                     )
                 out[act][prec] = {}
                 for batch, m in self.mapping(per_batch, ("latency", act, prec)).items():

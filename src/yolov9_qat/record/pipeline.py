@@ -30,14 +30,20 @@ from yolov9_qat.utils.runs import torch_threads
 log = logging.getLogger("yolov9_qat.record")
 
 ACTIVATIONS: tuple[str, ...] = ("SiLU", "ReLU", "FReLU", "Mish", "AconC")
-#: ONNX graphs per activation: the converted float model, the QAT model, the QAT model with NMS inside
-ONNX_KINDS: tuple[str, ...] = ("fp32", "int8", "int8_e2e")
+#: ONNX graphs per activation: the converted float model, the QAT model, the QAT model with NMS inside,
+#: and the QAT model of the ``ort`` placement (quantize --placement ort: ONNX Runtime's integer ops)
+ONNX_KINDS: tuple[str, ...] = ("fp32", "int8", "int8_e2e", "int8ort")
+#: the QAT placement behind each quantized ONNX kind
+PLACEMENT_OF: dict[str, str] = {"int8": "trt", "int8_e2e": "trt", "int8ort": "ort"}
 #: what each benchmark row runs on ONNX Runtime: (ONNX kind, rewrite); see runtime/onnxruntime.py
 BENCH_KINDS: dict[str, tuple[str, str]] = {
     "fp32": ("fp32", "none"),
-    "int8": ("int8", "auto"),  # the deployable form: exact integer convs on VNNI CPUs
+    "int8": ("int8", "auto"),  # TensorRT's placement, deployable form: exact integer convs on VNNI CPUs
     "int8_qdq": ("int8", "none"),  # the Q/DQ graph as exported (TensorRT's form)
+    "int8ort": ("int8ort", "auto"),  # the ort placement: QLinear ops end to end on VNNI CPUs
 }
+#: the latency rows of the record (the others stay in the raw benchmark reports)
+LATENCY_KINDS: tuple[str, ...] = ("fp32", "int8", "int8ort")
 METRIC_KEYS = ("AP", "AP50", "precision", "recall")
 
 
@@ -205,8 +211,11 @@ class Pipeline:
         key = {"act": act, "from": src.parent.name}
         return self._step("convert", f"{act}: reparameterize", key, build, ("models", "cfg")) / "converted.pt"
 
-    def quantized(self, act: str) -> Path:
-        """The QAT run folder: ``qat.pt`` (best QAT checkpoint) and ``summary.json`` (Origin, PTQ, QAT)."""
+    def quantized(self, act: str, placement: str = "trt") -> Path:
+        """The QAT run folder: ``qat.pt`` (best QAT checkpoint) and ``summary.json`` (Origin, PTQ, QAT).
+
+        ``placement="ort"``: the ONNX Runtime placement (no Origin evaluation: the ``trt`` run has it).
+        """
         from yolov9_qat.quant.pipeline import quantize
 
         p, data, src = self.profile, self.data(), self.converted(act)
@@ -216,16 +225,18 @@ class Pipeline:
                 src, data, hyp=p.hyp, img=p.imgsz, batch_size=p.qat_batch, device="cpu", iters=p.qat_iters,
                 epochs=p.qat_epochs, seed=p.seed, calib_method=p.calib_method, calib_batches=p.calib_batches,
                 project=tmp, name="run", exist_ok=True, lr=p.qat_lr, workers=self.workers,
-                progress=self.progress, det_loss_weight=p.det_loss_weight,
+                progress=self.progress, det_loss_weight=p.det_loss_weight, placement=placement,
+                eval_origin=placement == "trt",
             )  # fmt: skip
             shutil.copy2(summary["weights_out"]["qat_best"], tmp / "qat.pt")
             _write_json(tmp / "summary.json", summary)
 
-        key = {"act": act, "from": src.parent.name}
+        key: dict[str, Any] = {"act": act, "from": src.parent.name}
+        if placement != "trt":
+            key["placement"] = placement
         code = ("models", "quant", "train", "data", "eval", "cfg", "utils")
-        return self._step(
-            "quantize", f"{act}: PTQ + QAT ({p.qat_epochs} x {p.qat_iters} it)", key, build, code
-        )
+        what = f"{act}: PTQ + QAT ({p.qat_epochs} x {p.qat_iters} it{', ort placement' if placement != 'trt' else ''})"
+        return self._step("quantize", what, key, build, code)
 
     def onnx(self, act: str, kind: str) -> Path:
         """ONNX file ``kind`` (:data:`ONNX_KINDS`) of activation ``act``."""
@@ -234,7 +245,7 @@ class Pipeline:
         if kind not in ONNX_KINDS:
             raise ValueError(f"kind must be one of {ONNX_KINDS}")
         p = self.profile
-        src = self.converted(act) if kind == "fp32" else self.quantized(act) / "qat.pt"
+        src = self.converted(act) if kind == "fp32" else self.quantized(act, PLACEMENT_OF[kind]) / "qat.pt"
         e2e = "onnx" if kind.endswith("_e2e") else None
 
         def build(tmp: Path) -> None:
@@ -321,6 +332,7 @@ class Pipeline:
     def activation_record(self, act: str, bench: bool = True) -> dict[str, Any]:
         """Everything the record says about one activation (accuracy rows, latency rows, extras)."""
         summary = json.loads((self.quantized(act) / "summary.json").read_text())
+        summary_ort = json.loads((self.quantized(act, "ort") / "summary.json").read_text())
         best = summary.get("best") or {}
         accuracy = {
             "origin_pytorch": _metrics(summary["origin"]),
@@ -328,6 +340,8 @@ class Pipeline:
             "int8_pytorch": _metrics(best),
             "origin_onnxruntime": _metrics(self.ort_metrics(act, "fp32")),
             "int8_onnxruntime": _metrics(self.ort_metrics(act, "int8")),
+            "int8ort_pytorch": _metrics(summary_ort.get("best") or {}),
+            "int8ort_onnxruntime": _metrics(self.ort_metrics(act, "int8ort")),
         }
         e2e = _metrics(self.ort_metrics(act, "int8_e2e"))
         latency: dict[str, Any] = {}
@@ -336,7 +350,7 @@ class Pipeline:
             for kind in BENCH_KINDS:
                 report = self.bench(act, kind)
                 raw[kind] = report
-                if kind in ("fp32", "int8"):
+                if kind in LATENCY_KINDS:
                     latency[kind] = {
                         str(r["batch"]): {"p99_ms": r["latency_ms"]["p99"], "qps": r["throughput_qps"], "ips": r["ips"],
                                           "median_ms": r["latency_ms"]["median"]}

@@ -45,7 +45,10 @@ def _extras_markdown(record: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "## INT8 on ONNX Runtime: Q/DQ graph as exported vs integer-conv rewrite, median latency (ms)",
+        "## INT8 on ONNX Runtime, median latency (ms)",
+        "",
+        "TensorRT's placement as exported (Q/DQ), with the integer-conv rewrite, and the ``ort`` placement",
+        "(every op's output quantized, QLinear ops end to end); ratios against FP32.",
         "",
     ]
     rows = []
@@ -58,13 +61,20 @@ def _extras_markdown(record: dict[str, Any]) -> str:
         }
         for b in sorted(next(iter(by_kind.values()))):
             f = by_kind.get("fp32", {}).get(b)
-            cells = [f"{by_kind.get(k, {}).get(b, float('nan')):.2f}" for k in ("fp32", "int8_qdq", "int8")]
-            ratio = by_kind.get("int8", {}).get(b, float("nan")) / f if f else float("nan")
-            rows.append(f"| {act} | {b} | {' | '.join(cells)} | {ratio:.2f} |")
+            cells = [
+                f"{by_kind.get(k, {}).get(b, float('nan')):.2f}"
+                for k in ("fp32", "int8_qdq", "int8", "int8ort")
+            ]
+            ratios = [
+                by_kind.get(k, {}).get(b, float("nan")) / f if f else float("nan")
+                for k in ("int8", "int8ort")
+            ]
+            rows.append(f"| {act} | {b} | {' | '.join(cells)} | {' | '.join(f'{r:.2f}' for r in ratios)} |")
     if rows:
         lines += [
-            "| Activation | Batch | FP32 | INT8 Q/DQ as exported | INT8 integer rewrite | rewrite / FP32 |",
-            "|---|---|---|---|---|---|",
+            "| Activation | Batch | FP32 | INT8 Q/DQ as exported | INT8 integer rewrite | INT8 ort placement "
+            "| rewrite / FP32 | ort placement / FP32 |",
+            "|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     return "\n".join(lines) + "\n"
@@ -85,7 +95,7 @@ def plot_record(record: dict[str, Any], out: Path) -> dict[str, Path]:
             for prec, rows in per_prec.items():
                 bs = sorted(int(b) for b in rows if b.isdigit())
                 ax.plot(bs, [rows[str(b)]["p99_ms"] for b in bs], marker="o", label=f"{prec.upper()} ({act})",
-                        linestyle="-" if prec == "int8" else "--")  # fmt: skip
+                        linestyle="-" if prec.startswith("int8") else "--")  # fmt: skip
         ax.set(xlabel="batch size", ylabel="latency p99 (ms)", title="Latency vs batch")
         ax.legend(fontsize=7, ncol=2)
         paths["latency_plot"] = _save(fig, out / "latency_vs_batch.png")

@@ -27,7 +27,10 @@ EVAL_LABELS: dict[str, str] = {
     "int8_tensorrt": "INT8 (TensorRT)",
 }
 #: model and backend words for evaluation keys not listed above (``fp16_tensorrt`` -> "FP16 (TensorRT)")
-EVAL_MODEL_LABELS: dict[str, str] = {"origin": "Origin", "ptq": "PTQ", "qat": "QAT", **PRECISION_LABELS}
+#: latency rows: the precisions, and the CPU record's QAT model of the ``ort`` placement
+#: (``quantize --placement ort``: every op's output quantized, ONNX Runtime's QLinear ops)
+LATENCY_ROW_LABELS: dict[str, str] = {**PRECISION_LABELS, "int8ort": "INT8 ort placement"}
+EVAL_MODEL_LABELS: dict[str, str] = {"origin": "Origin", "ptq": "PTQ", "qat": "QAT", **LATENCY_ROW_LABELS}
 BACKEND_LABELS: dict[str, str] = {"pytorch": "Pytorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 
 METRIC_LABELS: dict[str, str] = {"AP": "AP", "AP50": "AP50", "precision": "Precision", "recall": "Recall"}
@@ -136,7 +139,7 @@ def render_latency(latency: Mapping[str, Any]) -> str:
     rows = []
     for act, per_precision in latency.items():
         for prec, per_batch in per_precision.items():
-            name = f"{PRECISION_LABELS.get(prec, prec.upper())} ({act})"
+            name = f"{LATENCY_ROW_LABELS.get(prec, prec.upper())} ({act})"
             for i, (batch, m) in enumerate(per_batch.items()):
                 rows.append(
                     [

@@ -5,12 +5,16 @@ followed by its float activation, so it dequantizes and runs every conv of a QAT
 graph as exported is slower than FP32. :class:`OrtModel` therefore rewrites quantized graphs first
 (:mod:`yolov9_qat.export.qdq_u8`), choosing with ``rewrite``:
 
+* ``qlinear``: for graphs of the ``ort`` placement (every op's output quantized, ``quantize
+  --placement ort``): uint8 activations and DQ moved below value-moving ops, both exact; ONNX Runtime
+  then runs QLinearConv / QLinearSigmoid / QLinearMul / ... end to end in uint8;
 * ``integer``: every quantized conv becomes an exact int32 ``ConvInteger`` plus a float epilogue (ORT's
   VNNI kernels; the same function up to float rounding) — the fastest exact form;
 * ``u8``: activations to uint8 with zero point 128 (bit-identical outputs; ORT's U8S8 Q/DQ kernels);
 * ``none``: the graph as written;
-* ``auto`` (default): ``integer`` on CPUs with VNNI (without it ORT's U8S8 kernels may saturate int16
-  pair sums, so the rewrite would not be exact), else ``none``.
+* ``auto`` (default): on CPUs with VNNI, ``qlinear`` for graphs of the ``ort`` placement and
+  ``integer`` for TensorRT's; without VNNI (ORT's U8S8 kernels may saturate int16 pair sums there, so
+  the rewrites would not be exact) ``none``.
 """
 
 from __future__ import annotations
@@ -42,11 +46,12 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     return proto
 
 
-REWRITES = ("auto", "integer", "u8", "none")
+REWRITES = ("auto", "qlinear", "integer", "u8", "none")
 
 
-def resolve_rewrite(rewrite: str, quantized: bool) -> str:
-    """``auto`` -> ``integer`` on a VNNI CPU, else ``none``; float graphs are never rewritten."""
+def resolve_rewrite(rewrite: str, quantized: bool, output_qdq: bool = False) -> str:
+    """``auto`` -> on a VNNI CPU ``qlinear`` (``output_qdq``: a graph of the ``ort`` placement) or
+    ``integer``, else ``none``; float graphs are never rewritten."""
     if rewrite not in REWRITES:
         raise UserError(f"--ort-rewrite {rewrite!r}: choose one of {', '.join(REWRITES)}")
     if not quantized:
@@ -54,7 +59,9 @@ def resolve_rewrite(rewrite: str, quantized: bool) -> str:
     if rewrite == "auto":
         from yolov9_qat.bench.device import cpu_device
 
-        return "integer" if cpu_device(1)["VNNI"] else "none"
+        if not cpu_device(1)["VNNI"]:
+            return "none"
+        return "qlinear" if output_qdq else "integer"
     return rewrite
 
 
@@ -82,8 +89,14 @@ class OrtModel:
         self.metadata = read_metadata(proto)
         self.end2end = [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
         self.quantized = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
-        self.rewrite = resolve_rewrite(rewrite, self.quantized)
-        if self.rewrite == "u8":
+        from yolov9_qat.export.qdq_u8 import has_output_qdq
+
+        self.rewrite = resolve_rewrite(rewrite, self.quantized, self.quantized and has_output_qdq(proto))
+        if self.rewrite == "qlinear":
+            from yolov9_qat.export.qdq_u8 import to_ort_qlinear
+
+            proto = to_ort_qlinear(proto)
+        elif self.rewrite == "u8":
             from yolov9_qat.export.qdq_u8 import to_u8
 
             proto = to_u8(proto)
