@@ -1,25 +1,29 @@
-"""ONNX Runtime (CPU) benchmark: one network as five models, FP32 vs our QAT graphs vs ORT's own PTQ.
+"""ONNX Runtime (CPU) benchmark: one network as six models, FP32 vs our QAT graphs vs ORT's own PTQ.
 
 gelan-c (untrained weights, batch-norm statistics settled on a few synthetic images so that the
 activations have realistic ranges, fused) is built once and written, under ``--cache-dir`` keyed by
 cfg and image size (reruns skip all of it), as
 
 1. ``FP32``: the float ONNX (``export_onnx``, dynamic batch, simplified);
-2. ``QAT S8S8``: our quantized ONNX as exported (``prepare_qat_model`` + percentile ``calibrate``):
-   symmetric int8 activations, TensorRT's form, run as is;
+2. ``QAT S8S8``: our quantized ONNX in TensorRT's placement as exported (``prepare_qat_model`` +
+   percentile ``calibrate``): symmetric int8 activations, run as is;
 3. ``QAT U8S8``: the same file after the u8 rewrite (``OrtModel(rewrite="u8")``: uint8 activations,
    zero point 128, bit-identical outputs);
 4. ``QAT integer``: the same file with every quantized conv as an exact ``ConvInteger``
-   (``OrtModel(rewrite="integer")``, what ``val`` / ``bench`` / ``reproduce`` run on a VNNI CPU);
-5. ``ORT PTQ``: the peer, ``onnxruntime.quantization.quantize_static`` of the float ONNX (QDQ,
+   (``OrtModel(rewrite="integer")``, what ``val`` / ``bench`` run for TensorRT's placement on a VNNI CPU);
+5. ``QAT ort placement``: the same network quantized with ``placement="ort"`` (every op's output
+   quantized, what QAT then trains with), after the exact u8 + DQ-sinking rewrite
+   (``OrtModel(rewrite="qlinear")``): ONNX Runtime runs QLinearConv / QLinearSigmoid / QLinearMul ...
+   end to end;
+6. ``ORT PTQ``: the peer, ``onnxruntime.quantization.quantize_static`` of the float ONNX (QDQ,
    uint8 activations, per-channel int8 weights, MinMax over the calibration images).
 
 Each is timed with ``yolov9_qat.bench.harness`` (trtexec's method: time-based warm-up, then a fixed
-duration, every inference timed) at every batch size, the four models interleaved per batch size
-so that drift in the machine's load hits them alike. Prints p50 / p99 latency, qps, images/s, the
-median-latency ratios against FP32 and the peer, the convolution kernels ONNX Runtime chose (op
-counts of its optimized graph), and two target checks, at every batch size: the integer QAT graph's
-median latency <= 0.7 x FP32 and <= 1.05 x the peer.
+duration, every inference timed) at every batch size, the models interleaved per batch size so that
+drift in the machine's load hits them alike. Prints p50 / p99 latency, qps, images/s, the
+median-latency ratios against FP32 and the peer, the kernels ONNX Runtime chose (op counts of its
+optimized graph), and the target checks at every batch size, for the integer rewrite of TensorRT's
+placement and for the ort placement: median latency <= 0.7 x FP32 and <= 1.05 x the peer.
 
     python benchmarks/bench_ort.py --cfg gelan-c --img 640 --batch 1,4 --threads 2 --json-out ort.json
     python benchmarks/bench_ort.py --duration 2 --warmup 200        # a quick trial
