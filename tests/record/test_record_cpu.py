@@ -115,16 +115,20 @@ def test_accuracy_vs_cpu_baseline(cpu_record, act: str, row: str, metric: str) -
 @pytest.mark.parametrize("batch", [str(b) for b in PROFILE.bench_batches])
 @pytest.mark.parametrize("kind", ["int8", "int8ort"])
 def test_int8_fp32_latency_ratio_onnxruntime(cpu_record, act: str, kind: str, batch: str) -> None:
-    """INT8 / FP32 p99 latency on ONNX Runtime, measured side by side, vs the baseline's: ``int8`` is
-    TensorRT's placement (integer-conv rewrite), ``int8ort`` the ``ort`` placement (QLinear ops)."""
+    """INT8 / FP32 latency on ONNX Runtime, measured side by side, vs the baseline's: ``int8`` is
+    TensorRT's placement (integer-conv rewrite), ``int8ort`` the ``ort`` placement (QLinear ops).
+
+    The ratio is of mean latencies (FP32 qps / INT8 qps): the test profile times each case for half a
+    second, so its p99 is the slowest of a few dozen runs, and one stall on a shared CPU moved a p99
+    ratio by 1.9x while the means stayed within 2 %."""
     baseline = _cpu_baseline()
     lat = cpu_record(act)["latency"]
-    measured = lat[kind][batch]["p99_ms"] / lat["fp32"][batch]["p99_ms"]
+    measured = lat["fp32"][batch]["qps"] / lat[kind][batch]["qps"]
     b = baseline.data["latency"][act]
-    bound = RATIO_SLACK * b[kind][batch]["p99_ms"] / b["fp32"][batch]["p99_ms"]
+    bound = RATIO_SLACK * b["fp32"][batch]["qps"] / b[kind][batch]["qps"]
     assert measured <= bound, (
-        f"latency-{act}-{kind}-vs-fp32-b{batch}-onnxruntime: ratio {measured:.2f} > bound {bound:.2f} "
-        f"({RATIO_SLACK} x the baseline's)"
+        f"latency-{act}-{kind}-vs-fp32-b{batch}-onnxruntime: mean latency ratio {measured:.2f} > bound "
+        f"{bound:.2f} ({RATIO_SLACK} x the baseline's)"
     )
 
 
