@@ -70,7 +70,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from yolov9_qat.export.lint import DQ, Q, QdqGraph, load_model
+from yolov9_qat.export.lint import CONST, DQ, Q, QdqGraph, QParams, load_model
 from yolov9_qat.utils.files import atomic_write_bytes
 
 log = logging.getLogger("yolov9_qat.export")
@@ -470,7 +470,8 @@ def has_output_qdq(model: onnx.ModelProto) -> bool:
     )
 
 
-def _same_qparams(a, b) -> bool:  # type: ignore[no-untyped-def]
+def _same_qparams(a: QParams | None, b: QParams | None) -> bool:
+    """Both per tensor, one integer type, equal scale and zero point."""
     return (
         a is not None
         and b is not None
@@ -503,6 +504,11 @@ def sink_dq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
     taken |= {i.name for i in graph.input}
     producer = dict(g.producer)
     after: dict[int, list[onnx.NodeProto]] = {}
+    copied: dict[int, QParams | None] = {}  # new DQ -> the quantization of the DQ it copies
+
+    def qparams(node: onnx.NodeProto) -> QParams | None:
+        return copied[id(node)] if id(node) in copied else g.qparams(node)
+
     sunk = 0
     for n in g._topo():
         idx = _SINK_INPUTS.get(n.op_type, ())
@@ -518,7 +524,7 @@ def sink_dq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
         dqs = [producer.get(n.input[i]) for i in positions]
         if not dqs or any(d is None or d.op_type != DQ for d in dqs):
             continue
-        qps = [g.qparams(d) for d in dqs]  # type: ignore[arg-type]
+        qps = [qparams(d) for d in dqs if d is not None]
         if not all(_same_qparams(qps[0], p) for p in qps):
             continue
         ref = dqs[0]
@@ -539,7 +545,7 @@ def sink_dq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
                 dq.attribute.append(a)
             after.setdefault(id(n), []).append(dq)
             producer[out] = dq
-            g._qp[id(dq)] = (dq, qps[0])
+            copied[id(dq)] = qps[0]
         sunk += 1
     nodes: list[onnx.NodeProto] = []
     for n in graph.node:
@@ -553,9 +559,9 @@ def sink_dq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
         if n.op_type != Q or n.output[0] in g.outputs:
             continue
         d = producer.get(n.input[0])
-        if d is None or d.op_type != DQ or g.kind.get(d.input[0], ACT_KIND) == "const":
+        if d is None or d.op_type != DQ or g.kind.get(d.input[0]) == CONST:
             continue
-        if _same_qparams(g.qparams(d), g.qparams(n)):
+        if _same_qparams(qparams(d), g.qparams(n)):
             rename[n.output[0]] = d.input[0]
             dropped.add(id(n))
     for n in nodes:
@@ -568,9 +574,6 @@ def sink_dq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
     graph.node.extend(n for n in nodes if id(n) not in dropped)
     _drop_dead(src, read_before)
     return src, {"sunk": sunk, "folded": len(dropped)}
-
-
-ACT_KIND = "act"
 
 
 def to_ort_qlinear(

@@ -514,7 +514,7 @@ def flow_ties(model: nn.Module, imgsz: int = 64) -> list[list[Site]]:
         for h in (q.register_forward_pre_hook(pre), q.register_forward_hook(post))
     ]
     was_training = model.training
-    flags = [(q, q._disabled) for q in quantizers.values()]
+    enabled = [(q, q.is_enabled) for q in quantizers.values()]
     try:
         for q in quantizers.values():
             q.disable()
@@ -525,8 +525,8 @@ def flow_ties(model: nn.Module, imgsz: int = 64) -> list[list[Site]]:
     finally:
         for h in handles:
             h.remove()
-        for q, disabled in flags:
-            q._disabled = disabled
+        for q, was_enabled in enabled:
+            q.enable() if was_enabled else q.disable()
         model.train(was_training)
     groups: dict[int, list[Site]] = {}
     for k in quantizers:
