@@ -67,10 +67,9 @@ def _quantized_act(block: nn.Module, y: torch.Tensor) -> torch.Tensor:
 
 class _ConvBlockQuantizers(QuantModule):
     def _setup(self) -> None:
-        self._register_temp_attribute(PREACT, TensorQuantizer())
-        if isinstance(self.act, nn.SiLU):
-            self._register_temp_attribute(GATE, TensorQuantizer())
-        self._register_temp_attribute(EXIT, TensorQuantizer())
+        """Nothing here: :func:`~yolov9_qat.quant.quantize.prepare_qat_model` adds the quantizers
+        that :func:`~yolov9_qat.quant.rules.sites_of` names (the sigmoid's only for SiLU), as it does
+        the residual Add's output quantizer."""
 
 
 class QuantConvBlock(_ConvBlockQuantizers):

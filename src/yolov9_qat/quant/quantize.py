@@ -120,7 +120,7 @@ def prepare_qat_model(
 
     for path, attr in p.sites:
         m = model.get_submodule(path)
-        if not hasattr(m, attr):  # an ``ort`` quantizer on a block whose twin does not make it
+        if not hasattr(m, attr):  # the ``ort`` quantizers (rules.ORT_SITES): made here, not by twins
             m.add_module(attr, TensorQuantizer())
         q = getattr(m, attr)
         q.set_from_attribute_config(_weight_cfg() if attr == rules.WEIGHT else _input_cfg())
