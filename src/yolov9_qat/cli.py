@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 # --- val -------------------------------------------------------------------------------------------
 def cmd_val(args: argparse.Namespace) -> int:
     from yolov9_qat.data.config import load_data_yaml
-    from yolov9_qat.eval.evaluator import Evaluator, format_metrics, torch_predictor
+    from yolov9_qat.eval.evaluator import Evaluator, format_metrics, torch_predictor, write_coco_json
     from yolov9_qat.utils.runs import run_dir, select_device
 
     data = load_data_yaml(args.data)
@@ -156,14 +156,30 @@ def cmd_val(args: argparse.Namespace) -> int:
         if model.nc != nc:
             raise UserError(f"{args.weights} predicts {model.nc} classes, the data set has {nc}")
         predict = torch_predictor(model, select_device(args.device), half=args.half)
+    # upstream val.py: rectangular batches (pad 0.5) for PyTorch models, square for exported ones
+    rect = args.rect if args.rect is not None else args.backend == "torch"
     evaluator = Evaluator.for_data(
-        data, args.img, batch_size=args.batch_size, workers=args.workers, split=args.task,
+        data, args.img, batch_size=args.batch_size, workers=args.workers, split=args.task, rect=rect,
         conf_thres=args.conf_thres, iou_thres=args.iou_thres, max_det=args.max_det,
     )  # fmt: skip
     save_dir = run_dir(args.project, args.name, args.exist_ok)
-    result = evaluator.run(predict, plot_dir=save_dir, progress=not args.no_progress)
-    result.update(weights=str(args.weights), backend=args.backend, **extra)
+    result = evaluator.run(
+        predict,
+        plot_dir=save_dir,
+        progress=not args.no_progress,
+        save_txt=save_dir / "labels" if args.save_txt else None,
+        save_conf=args.save_conf,
+    )
+    result.update(weights=str(args.weights), backend=args.backend, rect=rect, **extra)
     print(format_metrics(result, data["names"], per_class=args.verbose))
+    if args.save_json:
+        pred_json = write_coco_json(
+            save_dir / f"{Path(args.weights).stem}_predictions.json", evaluator.coco_detections
+        )
+        result["predictions_json"] = str(pred_json)
+        print(f"COCO detections: {pred_json} ({len(evaluator.coco_detections)})")
+    if args.save_txt:
+        print(f"labels: {save_dir / 'labels'}")
     _json_out(args, result, save_dir / "metrics.json")
     print(f"results: {save_dir / 'metrics.json'}")
     return 0
@@ -333,7 +349,16 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         calib_batches=args.calib_batches, skip_layers=_skip_layers(args.skip_layers), project=args.project,
         name=args.name, exist_ok=args.exist_ok, activation=args.activation, lr=args.lr, workers=args.workers,
         progress=not args.no_progress, det_loss_weight=args.det_loss_weight, placement=args.placement,
+        float_control=args.float_control,
     )  # fmt: skip
+    rows = [("Origin", summary["origin"]), ("Origin (fine-tuned)", summary["origin_ft"]),
+            ("PTQ", summary["ptq"]), ("QAT", summary["best"])]  # fmt: skip
+    print(
+        f"{'':20}{'AP':>8}{'AP50':>8}{'P':>8}{'R':>8}   ({summary['reported']}; best epoch by {summary['selection']})"
+    )
+    for label, m in rows:
+        if m:
+            print(f"{label:20}" + "".join(f"{m[k]:>8.4f}" for k in ("AP", "AP50", "precision", "recall")))
     _json_out(args, summary)
     return 0
 
@@ -483,6 +508,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iou-thres", type=float, default=0.7)
     p.add_argument("--max-det", type=int, default=300)
     p.add_argument("--half", action="store_true", help="FP16 inference (CUDA)")
+    p.add_argument(
+        "--rect",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="rectangular batches padded by half a stride, as upstream val.py (default: on for --backend "
+        "torch, off for ONNX / TensorRT, whose input is --img square)",
+    )
+    p.add_argument("--save-json", action="store_true", help="write <weights>_predictions.json (COCO results)")
+    p.add_argument("--save-txt", action="store_true", help="write labels/<image>.txt detections")
+    p.add_argument("--save-conf", action="store_true", help="with --save-txt: add each detection's score")
     p.add_argument("--verbose", action="store_true", help="per-class table")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
     _add_ort_u8(p)
@@ -574,6 +609,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--activation", default=None, help="expected activation (checked against the checkpoint)")
     p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate")
+    p.add_argument(
+        "--float-control",
+        action="store_true",
+        help="also fine-tune the float model with the QAT run's exact schedule, quantizers off "
+        "(summary.json: origin_ft; QAT - origin_ft is the cost of quantization alone)",
+    )
     p.add_argument(
         "--det-loss-weight",
         type=float,

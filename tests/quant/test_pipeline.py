@@ -126,3 +126,64 @@ def test_ort_placement_from_the_command_line(float_model, synth_yaml, tmp_path) 
         "--project", str(tmp_path), "--name", "v", "--json-out", str(out), *common)  # fmt: skip
     result = json.loads(out.read_text())
     assert result["runtime"]["rewrite"] in ("qlinear", "none") and 0.0 <= result["AP"] <= 1.0
+
+
+@pytest.mark.cpu
+def test_best_epoch_is_chosen_on_the_selection_split(float_model, synth_yaml, tmp_path) -> None:
+    """The per-epoch scores come from train's fixed slice, the reported ones from val, computed once."""
+    from yolov9_qat.data.config import load_data_yaml
+    from yolov9_qat.data.dataset import collect_image_files, selection_split
+
+    weights = checkpoint.save(float_model, tmp_path / "gelan.pt")
+    summary = _run(str(weights), synth_yaml, tmp_path, epochs=2, iters=2, lr=1e-3)
+    data = load_data_yaml(synth_yaml)
+    source, what = selection_split(data)
+    assert summary["selection"] == what and summary["reported"] == "val"
+    assert set(source).isdisjoint(collect_image_files(data["val"]))
+    assert set(source) <= set(collect_image_files(data["train"]))
+    assert [e["split"] for e in summary["epochs"]] == [what, what]
+    best = summary["best"]
+    chosen = summary["epochs"][best["epoch"] - 1]
+    assert chosen["AP"] == max(e["AP"] for e in summary["epochs"])
+    assert best["select"]["AP"] == pytest.approx(chosen["AP"])
+    metrics = evaluate_qat(tmp_path / "q" / "weights" / "qat_best_gelan.pt", synth_yaml, img=64, batch_size=8,
+                           device="cpu", workers=0, progress=False)  # fmt: skip
+    assert metrics["AP"] == pytest.approx(best["AP"])  # the reported figure is val's, of the chosen weights
+
+
+@pytest.mark.cpu
+def test_selection_split_from_data_yaml(synth_yaml, tmp_path) -> None:
+    from yolov9_qat.data.config import load_data_yaml
+    from yolov9_qat.data.dataset import SELECT_FRACTION, collect_image_files, selection_split
+
+    data = load_data_yaml(synth_yaml)
+    train = collect_image_files(data["train"])
+    source, what = selection_split(data)
+    assert source == train[-max(1, round(SELECT_FRACTION * len(train))) :] and what.startswith("train[-")
+    text = synth_yaml.read_text() + "select: images/val\n"
+    (synth_yaml.parent / "with_select.yaml").write_text(text)
+    data = load_data_yaml(synth_yaml.parent / "with_select.yaml")
+    assert selection_split(data) == (data["select"], "select")
+
+
+@pytest.mark.cpu
+def test_float_control_runs_the_qat_schedule_with_quantizers_off(float_model, synth_yaml, tmp_path) -> None:
+    weights = checkpoint.save(float_model, tmp_path / "gelan.pt")
+    det = _run(str(weights), synth_yaml, tmp_path, name="det", epochs=1, iters=2, lr=1e-3,
+               det_loss_weight=1.0, float_control=True)  # fmt: skip
+    control = det["origin_ft"]
+    assert control["epoch"] == 1 and {"AP", "AP50", "precision", "recall", "select"} <= set(control)
+    trained = checkpoint.load(det["weights_out"]["origin_ft"]).model.state_dict()
+    start = float_model.state_dict()
+    assert any(not torch.equal(trained[k], start[k]) for k in start)  # trained: detection loss, lr 1e-3
+    on_disk = json.loads((tmp_path / "det" / "summary.json").read_text())
+    assert on_disk["origin_ft"]["AP"] == pytest.approx(control["AP"])
+    # the same schedule with a zero learning rate leaves the float model where it was: Origin exactly
+    still = _run(str(weights), synth_yaml, tmp_path, name="still", epochs=1, iters=2, lr=0.0,
+                 det_loss_weight=1.0, float_control=True)  # fmt: skip
+    assert still["origin_ft"]["AP"] == pytest.approx(still["origin"]["AP"])
+    kept = checkpoint.load(still["weights_out"]["origin_ft"]).model.state_dict()
+    assert all(torch.equal(kept[k], start[k]) for k in start)
+    # feature MSE alone: a float model against itself has zero loss, the control is Origin itself
+    mse = _run(str(weights), synth_yaml, tmp_path, name="mse", epochs=1, iters=2, float_control=True)
+    assert mse["origin_ft"]["AP"] == mse["origin"]["AP"] and "Origin itself" in mse["origin_ft"]["note"]

@@ -96,9 +96,10 @@ def test_qat_reduces_feature_mse_on_a_fixed_batch(float_model, ptq_model, images
 def test_supervision_policy_and_schedule() -> None:
     assert supervision_layers(23, 1) == list(range(22))
     assert supervision_layers(23, 4) == [0, 4, 8, 12, 16, 20, 21]
-    assert lr_schedule(10, 1e-5) == pytest.approx({e: (1e-5 if 3 <= e < 6 else 1e-6) for e in range(10)})
+    # upstream's current finetune(): {0: 1e-6, 6: 1e-5, 7: 1e-6} over 10 epochs
+    assert lr_schedule(10, 1e-5) == pytest.approx({e: (1e-5 if e == 6 else 1e-6) for e in range(10)})
     assert lr_schedule(1, 1e-5) == {0: 1e-5}
-    assert lr_schedule(2, 1e-5) == pytest.approx({0: 1e-5, 1: 1e-6})
+    assert lr_schedule(2, 1e-5) == pytest.approx({0: 1e-6, 1: 1e-5})
     with pytest.raises(ValueError):
         supervision_layers(23, 0)
 

@@ -94,6 +94,7 @@ def test_ort_placement_onnxruntime_matches_pytorch(cpu_record, act: str, metric:
 
 ACC_ROWS = (
     "origin_pytorch",
+    "origin_ft_pytorch",
     "ptq_pytorch",
     "int8_pytorch",
     "origin_onnxruntime",

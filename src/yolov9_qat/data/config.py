@@ -13,8 +13,9 @@ from yolov9_qat.errors import DataError
 #: Image file suffixes the data sets accept (lower case, without the dot).
 IMG_FORMATS: tuple[str, ...] = ("bmp", "jpeg", "jpg", "png", "tif", "tiff", "webp")
 
-#: The keys of a data.yaml that name image sources (a folder, a list file, or a list of those).
-SPLIT_KEYS: tuple[str, ...] = ("train", "val", "test")
+#: The keys of a data.yaml that name image sources (a folder, a list file, or a list of those);
+#: ``select`` is the optional split that model selection uses (see ``dataset.selection_split``).
+SPLIT_KEYS: tuple[str, ...] = ("train", "val", "test", "select")
 
 
 def img2label_path(img_path: str | os.PathLike[str]) -> str:

@@ -159,6 +159,24 @@ def collect_image_files(source: str | os.PathLike[str] | Sequence[str | os.PathL
     return sorted({os.path.abspath(f) for f in files})
 
 
+#: Without a ``select:`` entry in data.yaml the selection split is this fraction of train (at most
+#: :data:`SELECT_MAX` images): the last ones by file name, a fixed slice whatever the seed.
+SELECT_FRACTION, SELECT_MAX = 0.1, 500
+
+
+def selection_split(data: dict[str, Any]) -> tuple[str | list[str], str]:
+    """The images anything chosen by a score (the best QAT epoch) is chosen on, never the reported
+    ``val`` images: data.yaml's ``select:`` when it has one, else a fixed slice at the end of ``train``.
+
+    Returns ``(source for create_dataloader, a description for summaries)``.
+    """
+    if data.get("select"):
+        return data["select"], "select"
+    files = collect_image_files(data["train"])
+    n = min(SELECT_MAX, max(1, round(SELECT_FRACTION * len(files))))
+    return files[-n:], f"train[-{n}:] (the last {n} of {len(files)} training images by file name)"
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Verification
 

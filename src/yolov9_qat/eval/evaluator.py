@@ -24,6 +24,7 @@ from yolov9_qat.errors import DataError
 from yolov9_qat.eval.metrics import MetricAccumulator, plot_pr_curve
 from yolov9_qat.eval.nms import non_max_suppression, scale_boxes
 from yolov9_qat.utils.boxes import xywh2xyxy
+from yolov9_qat.utils.files import atomic_write_text
 
 log = logging.getLogger("yolov9_qat.eval")
 
@@ -81,13 +82,19 @@ class Evaluator:
         conf_thres: float = 0.001,
         iou_thres: float = 0.7,
         max_det: int = 300,
+        split: str = "val",
     ) -> None:
         self.data = data
         self.loader = loader
         self.conf_thres, self.iou_thres, self.max_det = conf_thres, iou_thres, max_det
         self.names = list(data["names"])
-        self.gt, self._ids = _load_gt(data)
+        #: which images: a split name of the data set, or a description (``for_selection``)
+        self.split = split
+        # the data set's COCO json describes its val split; other splits get ground truth from labels
+        self.gt, self._ids = _load_gt(data) if split == "val" else (None, {})
         self.class_map = data.get("category_ids")
+        #: COCO-format detections of the last :meth:`run` (upstream ``--save-json`` layout)
+        self.coco_detections: list[dict[str, Any]] = []
 
     @classmethod
     def for_data(
@@ -98,8 +105,17 @@ class Evaluator:
         workers: int = 2,
         split: str = "val",
         cache_images: bool = False,
+        rect: bool = False,
+        pad: float = 0.5,
         **kw: Any,
     ) -> Evaluator:
+        """An evaluator over one split of ``data``.
+
+        ``rect=True`` is upstream ``val.py``'s input for PyTorch models: images sorted by aspect ratio,
+        each batch letterboxed to the smallest multiple of 32 that fits with ``pad`` strides of margin
+        (a 160 px square image is scored at 192 x 192). ``rect=False`` scores every image at
+        ``imgsz x imgsz``, what a static-shape engine takes; comparisons between backends use one mode.
+        """
         from yolov9_qat.data.dataset import create_dataloader
 
         if not data.get(split):
@@ -114,8 +130,25 @@ class Evaluator:
             shuffle=False,
             cache_images=cache_images,
             prefix=f"{split}: ",
+            rect=rect,
+            pad=pad,
         )
-        return cls(data, loader, **kw)
+        return cls(data, loader, split=split, **kw)
+
+    @classmethod
+    def for_selection(
+        cls, data: dict[str, Any], imgsz: int, batch_size: int = 32, workers: int = 2, **kw: Any
+    ) -> Evaluator:
+        """An evaluator over the selection split (:func:`~yolov9_qat.data.dataset.selection_split`):
+        the images a best epoch is picked on, disjoint from the reported ``val`` images."""
+        from yolov9_qat.data.dataset import create_dataloader, selection_split
+
+        source, what = selection_split(data)
+        loader, _ = create_dataloader(
+            source, imgsz=imgsz, batch_size=batch_size, stride=32, augment=False, workers=workers,
+            shuffle=False, prefix="select: ",
+        )  # fmt: skip
+        return cls(data, loader, split=what, **kw)
 
     def _image_id(self, path: str, fallback: int) -> int:
         if not self._ids:
@@ -133,9 +166,20 @@ class Evaluator:
         progress: bool = True,
         desc: str = "val",
         plot_dir: str | Path | None = None,
+        save_txt: str | Path | None = None,
+        save_conf: bool = False,
     ) -> dict[str, Any]:
-        """Evaluate; returns ``AP``, ``AP50``, ``precision``, ``recall``, ``per_class``, ``speed_ms`` ..."""
+        """Evaluate; returns ``AP``, ``AP50``, ``precision``, ``recall``, ``per_class``, ``speed_ms`` ...
+
+        ``save_txt``: a folder that gets one ``<image stem>.txt`` per image with its detections as
+        upstream ``val.py --save-txt`` writes them (``cls cx cy w h`` normalised to the original image,
+        then the score with ``save_conf``). The COCO-format detections are kept in
+        :attr:`coco_detections` (see :func:`write_coco_json`).
+        """
         acc = MetricAccumulator(class_map=self.class_map, nc=len(self.names))
+        txt_dir = Path(save_txt) if save_txt is not None else None
+        if txt_dir is not None:
+            txt_dir.mkdir(parents=True, exist_ok=True)
         t_pred = t_nms = 0.0
         n_seen = 0
         for imgs, targets, paths, shapes in tqdm(self.loader, desc=desc, disable=not progress, leave=False):
@@ -163,14 +207,35 @@ class Evaluator:
                 boxes = torch.as_tensor(scale_boxes((h, w), boxes, (h0, w0), ratio_pad)).reshape(-1, 4)
                 labels = torch.cat((t[:, 1:2], boxes), 1)
                 acc.update(self._image_id(paths[si], n_seen), det, labels, image_shape=(h0, w0))
+                if txt_dir is not None:
+                    write_txt(txt_dir / f"{Path(paths[si]).stem}.txt", det, (h0, w0), save_conf)
                 n_seen += 1
         if n_seen == 0:
             raise DataError("the validation set is empty")
+        self.coco_detections = acc.coco_detections
         result = acc.compute(self.gt)
         result["speed_ms"] = {"inference": 1e3 * t_pred / n_seen, "nms": 1e3 * t_nms / n_seen}
         if plot_dir is not None and acc.pr_result is not None:
             plot_pr_curve(acc.pr_result, self.names, Path(plot_dir) / "PR_curve.png")
         return result
+
+
+def write_txt(path: Path, det: torch.Tensor, shape: tuple[int, int], save_conf: bool = False) -> None:
+    """One image's detections ``(n, 6)`` (original pixels) as upstream's ``--save-txt`` label file."""
+    h0, w0 = shape
+    lines = []
+    for x1, y1, x2, y2, conf, cls in det.tolist():
+        row = [int(cls), (x1 + x2) / 2 / w0, (y1 + y2) / 2 / h0, (x2 - x1) / w0, (y2 - y1) / h0]
+        if save_conf:
+            row.append(conf)
+        lines.append(" ".join(f"{v:g}" for v in row))
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+
+
+def write_coco_json(path: str | Path, detections: list[dict[str, Any]]) -> Path:
+    """COCO results JSON (``image_id, category_id, bbox [x, y, w, h], score``), upstream's
+    ``<weights>_predictions.json`` layout, written atomically."""
+    return atomic_write_text(path, json.dumps(detections))
 
 
 def format_metrics(result: dict[str, Any], names: list[str] | None = None, per_class: bool = False) -> str:

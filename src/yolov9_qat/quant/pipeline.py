@@ -12,7 +12,7 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,7 @@ def _evaluate(evaluator: Evaluator, model: torch.nn.Module, device: torch.device
 def _loaders(
     data: dict[str, Any], img: int, batch_size: int, hyp: dict[str, Any], workers: int, seed: int
 ) -> tuple[Any, Evaluator]:
+    """The QAT training loader (no augmentation, see :func:`_qat_hyp`) and the val evaluator."""
     train_loader, _ = create_dataloader(
         data["train"],
         imgsz=img,
@@ -162,6 +163,7 @@ def quantize(
     progress: bool = True,
     det_loss_weight: float = 0.0,
     placement: str = "trt",
+    float_control: bool = False,
 ) -> dict[str, Any]:
     """Origin -> PTQ -> QAT for one checkpoint; returns the summary also written to ``summary.json``.
 
@@ -170,6 +172,14 @@ def quantize(
     must be the checkpoint's (a guard for scripts that run one activation after another).
     ``placement``: ``trt`` (TensorRT's Q/DQ rules) or ``ort`` (also every op's output, for ONNX
     Runtime's integer kernels on the CPU; see :mod:`yolov9_qat.quant.rules`).
+
+    The best QAT epoch is chosen by AP on the selection split (``summary["selection"]``, never the
+    val images); the val figures of ``best`` are computed once, on the chosen weights.
+    ``float_control``: also fine-tune the float model with exactly the QAT run's schedule (same data
+    order, iterations, learning rates, loss terms and selection rule), quantizers off, as
+    ``summary["origin_ft"]``: ``best - origin_ft`` is the cost of quantization alone. With the feature
+    MSE alone (``det_loss_weight == 0``) the float model's loss against itself is zero, so the control
+    is Origin itself and is not run.
     """
     t_start = time.perf_counter()
     _seed(seed)
@@ -179,6 +189,7 @@ def quantize(
     float_model, info = load_float_model(weights, activation)
     _check_nc(float_model, data_d, weights)
     train_loader, evaluator = _loaders(data_d, img, batch_size, hyp_d, workers, seed)
+    selector = Evaluator.for_selection(data_d, img, batch_size=batch_size, workers=workers)
     save_dir = run_dir(project, name, exist_ok)
     wdir = save_dir / "weights"
     wdir.mkdir(parents=True, exist_ok=True)
@@ -203,10 +214,13 @@ def quantize(
         "det_loss_weight": det_loss_weight,
         "seed": seed,
         "save_dir": str(save_dir),
+        "selection": selector.split,
+        "reported": "val",
         "origin": None,
         "ptq": None,
         "epochs": [],
         "best": None,
+        "origin_ft": None,
         "weights_out": {k: str(v) for k, v in paths.items()},
     }
     summary_path = save_dir / "summary.json"
@@ -231,43 +245,73 @@ def quantize(
     save_qat(qat_model, paths["ptq"], meta={**meta, "stage": "ptq", "metrics": summary["ptq"]})
     write_summary()
 
-    best_ap = -1.0
-
     def on_epoch_end(epoch: int, record: dict[str, Any], model: DetectionModel) -> None:
-        nonlocal best_ap
-        summary["epochs"].append(record)
+        summary["epochs"].append({**record, "split": selector.split})
         m = {k: record[k] for k in METRIC_KEYS}
-        save_qat(model, paths["qat_last"], meta={**meta, "stage": "qat", "epoch": epoch, "metrics": m})
-        if record["AP"] > best_ap:
-            best_ap = record["AP"]
-            save_qat(model, paths["qat_best"], meta={**meta, "stage": "qat", "epoch": epoch, "metrics": m})
-            summary["best"] = {"epoch": epoch, **m}
+        save_qat(model, paths["qat_last"], meta={**meta, "stage": "qat", "epoch": epoch, "select": m})
         write_summary()
 
+    def finetune(student: DetectionModel, on_end=None):
+        # the same batches in the same order for every run of this call (QAT and its float control)
+        train_loader.generator.manual_seed(seed)
+        return qat_finetune(
+            student, float_model, train_loader, selector, epochs=epochs, iters=iters, lr=lr,
+            supervision_stride=supervision_stride, det_loss_weight=det_loss_weight, hyp=hyp_d,
+            device=dev, progress=progress, on_epoch_end=on_end,
+        )  # fmt: skip
+
     if epochs > 0:
-        qat_finetune(
-            qat_model,
-            float_model,
-            train_loader,
-            evaluator,
-            epochs=epochs,
-            iters=iters,
-            lr=lr,
-            supervision_stride=supervision_stride,
-            det_loss_weight=det_loss_weight,
-            hyp=hyp_d,
-            device=dev,
-            progress=progress,
-            on_epoch_end=on_epoch_end,
-        )
+        result = finetune(qat_model, on_epoch_end)  # leaves the model at its best epoch (selection split)
+        best = _evaluate(evaluator, qat_model, dev, progress, "QAT best")
+        summary["best"] = {"epoch": result.best_epoch, **best, "select": _short_select(result.best)}
+        save_qat(
+            qat_model, paths["qat_best"],
+            meta={**meta, "stage": "qat", "epoch": result.best_epoch, "metrics": best},
+        )  # fmt: skip
+        log.info("QAT (epoch %s, chosen on %s): %s", result.best_epoch, selector.split, _fmt(best))
     else:  # no fine-tuning: the PTQ model is both
         for key in ("qat_best", "qat_last"):
             save_qat(qat_model, paths[key], meta={**meta, "stage": "ptq", "metrics": summary["ptq"]})
     write_summary()
+    if float_control:
+        out = wdir / f"origin_ft_{stem}.pt"
+        summary["origin_ft"] = _float_control(summary, float_model, finetune, evaluator, dev, progress, out)
+        if out.is_file():
+            summary["weights_out"]["origin_ft"] = str(out)
+        write_summary()
     log.info(
         "QAT weights: %s (best), %s (last); summary %s", paths["qat_best"], paths["qat_last"], summary_path
     )
     return summary
+
+
+def _short_select(record: Mapping[str, Any] | None) -> dict[str, float] | None:
+    return {k: float(record[k]) for k in METRIC_KEYS} if record else None
+
+
+def _float_control(
+    summary: dict[str, Any],
+    float_model: DetectionModel,
+    finetune: Callable[[DetectionModel], Any],
+    evaluator: Evaluator,
+    device: torch.device,
+    progress: bool,
+    out: Path,
+) -> dict[str, Any] | None:
+    """Origin (fine-tuned): the float model through the QAT run's own ``finetune``, quantizers off;
+    its chosen weights are written to ``out`` (a float checkpoint)."""
+    if summary["epochs_requested"] <= 0:
+        return summary["origin"]
+    if summary["det_loss_weight"] <= 0:  # feature MSE of a float model against itself: zero, no step
+        if summary["origin"] is None:
+            return None
+        return {**summary["origin"], "epoch": 0, "note": "feature MSE alone: the control is Origin itself"}
+    control = copy.deepcopy(float_model)
+    result = finetune(control)
+    metrics = _evaluate(evaluator, control, device, progress, "Origin (fine-tuned)")
+    checkpoint.save(control.cpu().eval(), out, meta={"stage": "origin_ft", "epoch": result.best_epoch})
+    log.info("Origin (fine-tuned, epoch %s): %s", result.best_epoch, _fmt(metrics))
+    return {"epoch": result.best_epoch, **metrics, "select": _short_select(result.best)}
 
 
 def _fmt(m: Mapping[str, Any]) -> str:

@@ -2,8 +2,8 @@
 (teacher's) layer outputs.
 
 The recipe of levipereira/yolov9-qat (``qat.py`` / ``models/quantize.py::finetune``): Adam, a small
-learning rate (1e-5) with a step schedule over the epochs (0.1x, 1x, 0.1x), at most ``iters``
-batches per epoch, and an MSE loss between the outputs of the student's and the teacher's
+learning rate (1e-5) for one epoch and a tenth of it for all the others (:func:`lr_schedule`), at most
+``iters`` batches per epoch, and an MSE loss between the outputs of the student's and the teacher's
 ``model.model[i]`` for every ``supervision_stride``-th layer ``i`` plus the last layer before the
 head, all with weight 1. The head itself is not supervised there; ``det_loss_weight > 0`` adds the
 detection loss (labels) as well. Quantizer ``amax`` values stay as calibrated (not learned).
@@ -42,11 +42,11 @@ def supervision_layers(n_layers: int, stride: int = 1) -> list[int]:
 
 
 def lr_schedule(epochs: int, lr: float) -> dict[int, float]:
-    """Epoch -> learning rate: upstream's ``{0: 0.1 lr, 3: lr, 6: 0.1 lr}`` for 10 epochs, scaled to
-    ``epochs`` (the full rate from 30 % to 60 % of the run; at least one epoch at the full rate)."""
-    b1 = int(0.3 * epochs)
-    b2 = max(b1 + 1, int(0.6 * epochs))
-    return {e: lr if b1 <= e < b2 else 0.1 * lr for e in range(epochs)}
+    """Epoch (0-based) -> learning rate: ``lr`` for exactly one epoch, ``int(0.6 * epochs)``, and
+    ``0.1 * lr`` for every other one. For 10 epochs that is upstream's current ``{0: 1e-6, 6: 1e-5,
+    7: 1e-6}`` with ``lr = 1e-5``; 2 epochs: ``[0.1 lr, lr]``; 1 epoch: ``[lr]``."""
+    full = int(0.6 * epochs)
+    return {e: lr if e == full else 0.1 * lr for e in range(epochs)}
 
 
 class _Recorder:

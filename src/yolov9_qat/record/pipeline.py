@@ -212,9 +212,11 @@ class Pipeline:
         return self._step("convert", f"{act}: reparameterize", key, build, ("models", "cfg")) / "converted.pt"
 
     def quantized(self, act: str, placement: str = "trt") -> Path:
-        """The QAT run folder: ``qat.pt`` (best QAT checkpoint) and ``summary.json`` (Origin, PTQ, QAT).
+        """The QAT run folder: ``qat.pt`` (best QAT checkpoint) and ``summary.json`` (Origin, PTQ, QAT,
+        and Origin fine-tuned: the float control with the QAT run's schedule, quantizers off).
 
-        ``placement="ort"``: the ONNX Runtime placement (no Origin evaluation: the ``trt`` run has it).
+        ``placement="ort"``: the ONNX Runtime placement (no Origin evaluation nor float control: the
+        ``trt`` run has them).
         """
         from yolov9_qat.quant.pipeline import quantize
 
@@ -226,7 +228,7 @@ class Pipeline:
                 epochs=p.qat_epochs, seed=p.seed, calib_method=p.calib_method, calib_batches=p.calib_batches,
                 project=tmp, name="run", exist_ok=True, lr=p.qat_lr, workers=self.workers,
                 progress=self.progress, det_loss_weight=p.det_loss_weight, placement=placement,
-                eval_origin=placement == "trt",
+                eval_origin=placement == "trt", float_control=placement == "trt",
             )  # fmt: skip
             shutil.copy2(summary["weights_out"]["qat_best"], tmp / "qat.pt")
             _write_json(tmp / "summary.json", summary)
@@ -336,6 +338,7 @@ class Pipeline:
         best = summary.get("best") or {}
         accuracy = {
             "origin_pytorch": _metrics(summary["origin"]),
+            "origin_ft_pytorch": _metrics(summary["origin_ft"]),
             "ptq_pytorch": _metrics(summary["ptq"]),
             "int8_pytorch": _metrics(best),
             "origin_onnxruntime": _metrics(self.ort_metrics(act, "fp32")),

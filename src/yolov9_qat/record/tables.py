@@ -19,6 +19,8 @@ EVAL_LABELS: dict[str, str] = {
     "origin_pytorch": "Origin (Pytorch)",
     "origin_onnxruntime": "Origin (ONNX Runtime)",
     "origin_tensorrt": "Origin (TensorRT)",
+    # the float control: Origin fine-tuned with the QAT run's exact schedule, quantizers off
+    "origin_ft_pytorch": "Origin fine-tuned (Pytorch)",
     "ptq_pytorch": "PTQ (Pytorch)",
     "ptq_onnxruntime": "PTQ (ONNX Runtime)",
     "ptq_tensorrt": "PTQ (TensorRT)",
