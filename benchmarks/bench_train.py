@@ -6,12 +6,21 @@ held in memory, measured in the same run.
 
     python benchmarks/bench_train.py                      # defaults: the CPU record's settings
     python benchmarks/bench_train.py --epochs 3 --json-out bench.json
+
+``--parity`` runs the side-by-side comparison with upstream's ``train_dual.py`` instead: the settings of
+``../shared/fixtures/upstream-val`` (its ``hyp.sbs.yaml``, 6 epochs, AdamW, batch 16, 160 px, the
+synthetic set of seed 0) for each ``--seeds``, and prints our per-epoch losses and AP beside upstream's
+``results-seed<S>.csv``, then the means and wall times:
+
+    python benchmarks/bench_train.py --parity --seeds 0,1,2 --json-out parity.json
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -55,6 +64,77 @@ def compute_only(data: dict, args: argparse.Namespace, n_batches: int = 24) -> f
     return n / t
 
 
+FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "upstream-val"
+
+
+def _csv_rows(path: Path) -> list[dict[str, float]]:
+    """A results.csv (upstream pads its header and values with spaces) as float rows."""
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh, skipinitialspace=True))
+    out = []
+    for r in rows:
+        out.append({k.strip(): float(v) for k, v in r.items() if v not in ("", None)})
+    return out
+
+
+def parity(args: argparse.Namespace) -> dict:
+    """Our trainer on the fixture's side-by-side settings, per seed, beside upstream's logs."""
+    fx = Path(args.fixture)
+    run_dir = fx / "upstream-run"
+    if not (run_dir / "hyp.sbs.yaml").is_file():
+        raise SystemExit(f"bench_train: no upstream fixture at {fx} (--fixture)")
+    data_yaml = args.data or str(generate(Path(args.cache_dir) / "synth", progress=True))
+    up_info = json.loads((fx / "expected.json").read_text())["side_by_side_training_6_epochs"]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    keys = ("train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/mAP_0.5:0.95")
+    up_train = up_info["upstream_train_dual"]
+    report: dict = {
+        "seeds": {},
+        "upstream_wall_s": dict(zip(up_train["seeds"], up_train["wall_s"], strict=True)),
+    }
+    for seed in seeds:
+        opt = TrainOptions(
+            data=data_yaml, cfg="yolov9-n", hyp=str(run_dir / "hyp.sbs.yaml"), epochs=6, batch_size=16,
+            img=160, device="cpu", workers=2, project=str(Path(args.cache_dir) / "runs"),
+            name=f"parity-s{seed}", exist_ok=True, close_mosaic=0, optimizer="AdamW", seed=seed,
+            noplots=True, progress=False,
+        )  # fmt: skip
+        s = Trainer(opt).run()
+        ours = _csv_rows(Path(s["save_dir"]) / "results.csv")
+        up = _csv_rows(run_dir / f"results-seed{seed}.csv")
+        print(f"\nseed {seed}: upstream train_dual.py | yolov9-qat train (box, cls, dfl loss; AP@[.5:.95])")
+        print("| epoch | up box | up cls | up dfl | up AP | our box | our cls | our dfl | our AP |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for e, (u, o) in enumerate(zip(up, ours, strict=True), 1):
+            print(f"| {e} | " + " | ".join(f"{u[k]:.4f}" for k in keys) + " | "
+                  + " | ".join(f"{o[k]:.4f}" for k in keys) + " |")  # fmt: skip
+        report["seeds"][seed] = {
+            "upstream": {k: [u[k] for u in up] for k in keys},
+            "ours": {k: [o[k] for o in ours] for k in keys},
+            "ours_wall_s": s["wall_s"],
+        }
+    ap_up = [report["seeds"][s]["upstream"]["metrics/mAP_0.5:0.95"][-1] for s in seeds]
+    ap_ours = [report["seeds"][s]["ours"]["metrics/mAP_0.5:0.95"][-1] for s in seeds]
+    wall = [report["seeds"][s]["ours_wall_s"] for s in seeds]
+    report["summary"] = {
+        "seeds": seeds,
+        "upstream_AP": ap_up,
+        "ours_AP": ap_ours,
+        "upstream_mean_AP": statistics.mean(ap_up),
+        "ours_mean_AP": statistics.mean(ap_ours),
+        "ours_median_wall_s": statistics.median(wall),
+        "upstream_median_wall_s_fixture_machine": statistics.median(
+            report["upstream_wall_s"][s] for s in seeds if s in report["upstream_wall_s"]
+        ),
+    }
+    sm = report["summary"]
+    print(f"\nmean AP after 6 epochs: upstream {sm['upstream_mean_AP']:.4f}, ours {sm['ours_mean_AP']:.4f} "
+          f"(ours - upstream {sm['ours_mean_AP'] - sm['upstream_mean_AP']:+.4f}); our median wall "
+          f"{sm['ours_median_wall_s']:.0f} s here, upstream's {sm['upstream_median_wall_s_fixture_machine']:.0f} s "
+          "on the fixture's machine")  # fmt: skip
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="", help="data.yaml (default: the synthetic set under --cache-dir)")
@@ -68,7 +148,15 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json-out", default="")
+    ap.add_argument("--parity", action="store_true", help="side by side with upstream's logs (see above)")
+    ap.add_argument("--seeds", default="0,1,2", help="--parity: training seeds")
+    ap.add_argument("--fixture", default=str(FIXTURE), help="--parity: the upstream-val fixture folder")
     args = ap.parse_args()
+    if args.parity:
+        report = parity(args)
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+        return
 
     data_yaml = args.data or str(generate(Path(args.cache_dir) / "synth", progress=True))
     data = load_data_yaml(data_yaml)

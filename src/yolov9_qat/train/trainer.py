@@ -31,7 +31,7 @@ from yolov9_qat.models import checkpoint
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.train.ema import ModelEMA, unwrap
 from yolov9_qat.train.loss import build_loss
-from yolov9_qat.train.optim import build_optimizer, lr_lambda
+from yolov9_qat.train.optim import EpochSchedule, build_optimizer, lr_lambda
 from yolov9_qat.utils.files import atomic_write_json
 from yolov9_qat.utils.runs import run_dir, select_device
 
@@ -224,7 +224,7 @@ class Trainer:
             "cos" if opt.cos_lr else "flat_cos" if opt.flat_cos_lr else "fixed" if opt.fixed_lr else "linear"
         )
         lf = lr_lambda(opt.epochs, hyp["lrf"], kind)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
+        schedule = EpochSchedule(optimizer, lf, hyp, nbs, opt.batch_size)
         ema = ModelEMA(model) if self.main else None
         start_epoch, best_fitness, best_metrics = 0, -1.0, None
         if resume is not None:
@@ -235,7 +235,6 @@ class Trainer:
                 ema.updates = st["ema_updates"]
             start_epoch = st["epoch"] + 1
             best_fitness, best_metrics = st["best_fitness"], st.get("best_metrics")
-            scheduler.last_epoch = start_epoch - 1
             if start_epoch >= opt.epochs:
                 raise UserError(
                     f"{resume['path']} already finished all {opt.epochs} epochs; nothing to resume"
@@ -271,13 +270,14 @@ class Trainer:
             dataset.close_mosaic()
         nb = len(train_loader)
         evaluator = None
-        if self.main:  # the final epoch is always evaluated, --noval or not
+        if self.main:  # the final epoch is always evaluated, --noval or not; rect batches as upstream's
             evaluator = Evaluator.for_data(
-                data, opt.img, batch_size=batch * 2, workers=min(opt.workers, 2), cache_images=opt.cache
-            )
+                data, opt.img, batch_size=batch * 2, workers=min(opt.workers, 2), cache_images=opt.cache,
+                rect=True,
+            )  # fmt: skip
         compute_loss = build_loss(unwrap(model), hyp)
         scaler = torch.amp.GradScaler("cuda", enabled=cuda)
-        nw = max(round(hyp["warmup_epochs"] * nb), 100)
+        schedule.begin(nb, start_epoch)
         last_opt_step = -1
         if resume is not None:
             _set_rng_state(resume["train"].get("rng"))
@@ -318,16 +318,9 @@ class Trainer:
             for i, (imgs, targets, _, _) in pbar:
                 ni = i + nb * epoch
                 imgs = imgs.to(device, non_blocking=True).float() / 255
-                if ni <= nw:
-                    xi = [0, nw]
-                    accumulate = max(1, int(np.interp(ni, xi, [1, nbs / opt.batch_size]).round()))
-                    for j, g in enumerate(optimizer.param_groups):
-                        start = hyp["warmup_bias_lr"] if j == 0 else 0.0
-                        g["lr"] = float(np.interp(ni, xi, [start, g["initial_lr"] * lf(epoch)]))
-                        if "momentum" in g:
-                            g["momentum"] = float(
-                                np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]])
-                            )
+                warm = schedule.warmup(ni, epoch)
+                if warm is not None:
+                    accumulate = warm
                 with torch.autocast(device_type=device.type, enabled=cuda):
                     pred = model(imgs)
                 loss, items = compute_loss(pred, targets.to(device))
@@ -354,8 +347,8 @@ class Trainer:
                         box=f"{mloss[0]:.3f}", cls=f"{mloss[1]:.3f}", dfl=f"{mloss[2]:.3f}", n=len(targets)
                     )
             t_train += time.time() - t0
-            lrs = [g["lr"] for g in optimizer.param_groups]
-            scheduler.step()
+            lrs = schedule.lrs()
+            schedule.step()
             epochs_run += 1
 
             final = epoch + 1 == opt.epochs
