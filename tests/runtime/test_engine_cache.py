@@ -25,6 +25,7 @@ from yolov9_qat.runtime.engine_cache import (
     key_inputs,
     parse_shape_spec,
     sidecar_paths,
+    trt_release,
 )
 
 pytestmark = pytest.mark.cpu
@@ -301,7 +302,10 @@ def test_export_and_check_engine(onnx_file: Path, tmp_path: Path) -> None:
     export_engine(cached, dest)  # again: same engine, nothing changes
     assert dest.read_bytes() == cached.engine.read_bytes()
 
-    for other in (replace(TARGET, trt_version="11.0.0"), replace(TARGET, gpu_name="NVIDIA A100-SXM4-40GB")):
+    # built by trtexec (banner: three fields), loaded by the wheel (trt.__version__: four): one release
+    assert check_engine(dest, replace(TARGET, trt_version="10.3.0.26")) is not None
+    for other in (replace(TARGET, trt_version="11.0.0"), replace(TARGET, gpu_name="NVIDIA A100-SXM4-40GB"),
+                  replace(TARGET, trt_version="10.3.1.5")):  # fmt: skip
         with pytest.raises(UserError, match="rebuild it") as e:
             check_engine(dest, other)
         assert "\n" not in str(e.value)
@@ -316,3 +320,15 @@ def test_check_engine_without_metadata(tmp_path: Path) -> None:
     assert check_engine(engine, TARGET) is None
     with pytest.raises(UserError, match="does not exist"):
         check_engine(tmp_path / "missing.engine", TARGET)
+
+
+def test_trt_release_is_major_minor_patch(onnx_file: Path, tmp_path: Path) -> None:
+    assert trt_release("10.13.0.35") == "10.13.0"
+    assert trt_release("11.4.0.106") == "11.4.0"
+    assert trt_release("10.3") == "10.3.0"
+    assert Target("10.13.0.35", "gpu", "9.0") == Target("10.13.0", "gpu", "9.0")
+    # the cache key does not depend on which form the version came in
+    cache = EngineCache(tmp_path / "cache")
+    a = cache.get_or_build(onnx_file, OPTIONS, replace(TARGET, trt_version="10.3.0.26"), FakeBuilder())
+    b = cache.get_or_build(onnx_file, OPTIONS, TARGET, FakeBuilder())
+    assert a.key == b.key

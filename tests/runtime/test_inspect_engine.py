@@ -250,3 +250,24 @@ def test_render_svg_with_dot(tmp_path: Path) -> None:
         pytest.skip("graphviz `dot` is not installed here")
     out = ie.render_svg(engine_json(), tmp_path / "model.engine.svg")
     assert out.suffix == ".svg" and "<svg" in out.read_text()
+
+
+def test_signal_and_wait_pseudo_layers_are_not_counted() -> None:
+    """TensorRT's multi-stream events ("signal" / "wait") are dropped as trt-engine-explorer drops them."""
+    data = engine_json()
+    events = [
+        {"Name": "sig0", "LayerType": "signal", "Inputs": [], "Outputs": [], "StreamId": 1},
+        {"Name": "wait0", "LayerType": "wait", "Inputs": [], "Outputs": [], "StreamId": 0},
+    ]
+    data["Layers"] = data["Layers"][:3] + events + data["Layers"][3:]
+    s = ie.summarize(data)
+    assert s["n_layers"] == 9 and sum(s["precision_counts"].values()) == 9
+    assert "sig0" not in ie.to_dot(data) and "wait0" not in ie.to_dot(data)
+
+
+def test_dot_strips_tensorrt_name_separators() -> None:
+    data = engine_json()
+    data["Layers"][1]["Name"] = "/model.0/conv/Conv\x1e/model.0/act/Sigmoid\x1f/model.0/act/Mul"
+    dot = ie.to_dot(data)
+    assert "\x1e" not in dot and "\x1f" not in dot
+    assert "/model.0/conv/Conv+/model.0/act/Sigmoid" in dot

@@ -34,7 +34,9 @@ INSPECTOR = {
 }  # fmt: skip
 
 
-def tiny_onnx(path: Path, h: int | str = 64, w: int | str = 64, qdq: bool = False) -> Path:
+def tiny_onnx(
+    path: Path, h: int | str = 64, w: int | str = 64, qdq: bool = False, batch: int | str = "batch"
+) -> Path:
     """images (batch, 3, h, w) -> [Q/DQ] -> Conv -> output0: enough graph for argument handling."""
     import numpy as np
     import onnx
@@ -52,8 +54,8 @@ def tiny_onnx(path: Path, h: int | str = 64, w: int | str = 64, qdq: bool = Fals
             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["x"]),
         ]
     graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, h, w])],
-        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", 8, h, w])], inits,
+        nodes, "tiny", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, h, w])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [batch, 8, h, w])], inits,
     )  # fmt: skip
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
@@ -67,6 +69,7 @@ def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "float": tiny_onnx(d / "float.onnx"),
         "dynhw": tiny_onnx(d / "dynhw.onnx", "h", "w"),
         "qdq": tiny_onnx(d / "qdq.onnx", 16, 16, qdq=True),
+        "static": tiny_onnx(d / "static.onnx", batch=1),
     }
 
 
@@ -151,6 +154,26 @@ def test_default_profile_is_the_record_deployment(onnx_files: dict[str, Path]) -
     dyn = trt_cli.graph_info(onnx_files["dynhw"])
     assert trt_cli.resolve_profile(dyn, None, None, None, img=320).opt == {"images": (4, 3, 320, 320)}
     assert trt_cli.resolve_profile(dyn, None, None, None).opt == {"images": (4, 3, 640, 640)}
+
+
+def test_static_batch_onnx_takes_its_own_batch(onnx_files: dict[str, Path]) -> None:
+    """An ONNX exported without --dynamic: the default profile is its batch, min = opt = max; a profile
+    or batch it cannot take is one clear error, not a dynamic default that fails in the builder."""
+    info = trt_cli.graph_info(onnx_files["static"])
+    assert trt_cli.fixed_batch(info) == 1
+    assert trt_cli.fixed_batch(trt_cli.graph_info(onnx_files["float"])) is None
+    profile = trt_cli.resolve_profile(info, None, None, None)
+    assert profile.specs() == ("images:1x3x64x64",) * 3
+    chw = (3, 64, 64)
+    assert trt_cli.batch_profile(info, chw, "images", 1, 1, 1).specs() == ("images:1x3x64x64",) * 3
+    for lo, opt, hi, words in ((1, 4, 4, "batch 4"), (1, 4, 8, "batches 1..8")):
+        with pytest.raises(UserError, match="fixed at batch 1") as e:
+            trt_cli.batch_profile(info, chw, "images", lo, opt, hi)
+        assert_one_line(e, words, "--dynamic")
+    with pytest.raises(UserError, match="fixed at 1"):
+        trt_cli.resolve_profile(info, "images:1x3x64x64", "images:4x3x64x64", "images:8x3x64x64")
+    dyn = trt_cli.graph_info(onnx_files["float"])
+    assert trt_cli.batch_profile(dyn, chw, "images", 1, 4, 8).specs()[2] == "images:8x3x64x64"
 
 
 @pytest.mark.parametrize(

@@ -243,13 +243,44 @@ def test_record_deployment_command() -> None:
         ("fp16", False, ["--fp16"]),
         ("int8", False, ["--int8"]),
         ("mp", False, ["--int8", "--fp16"]),
-        ("fp16", True, []),
-        ("mp", True, []),
+        ("fp16", True, ["--stronglyTyped"]),
+        ("mp", True, ["--stronglyTyped"]),
     ],
 )
 def test_precision_flags(precision: str, typed: bool, flags: list[str]) -> None:
+    """TensorRT 10: builder flags, or ``--stronglyTyped`` for a typed build (required on 10)."""
     cmd = tx.build_command("m.onnx", BuildOptions(precision, PROFILE4), typed=typed)
     assert [c for c in cmd if c in ("--fp16", "--int8", "--best", "--stronglyTyped")] == flags
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "mp"])
+def test_precision_flags_trt11(precision: str) -> None:
+    """TensorRT 11 is always strongly typed: no builder flags, and ``--stronglyTyped`` is a no-op."""
+    cmd = tx.build_command("m.onnx", BuildOptions(precision, PROFILE4), typed=True, trt_major=11)
+    assert not {"--fp16", "--int8", "--best", "--stronglyTyped"} & set(cmd)
+
+
+@pytest.mark.parametrize(
+    ("major", "graph", "spin", "no_transfers", "expected"),
+    [
+        (10, True, True, True, ["--useCudaGraph", "--useSpinWait", "--noDataTransfers"]),
+        (10, False, False, False, []),
+        (10, True, False, False, ["--useCudaGraph"]),
+        (11, True, True, True, []),  # 11's defaults: nothing to say
+        (11, False, False, False, ["--noCudaGraph", "--noSpinWait", "--includeDataTransfers"]),
+        (11, True, False, True, ["--noSpinWait"]),
+    ],
+)
+def test_measurement_switches_per_trtexec_major(
+    major: int, graph: bool, spin: bool, no_transfers: bool, expected: list[str]
+) -> None:
+    """The same measurement on trtexec 10 and 11 (whose defaults flipped), so polygraphy and trtexec agree."""
+    flags = tx.BenchFlags(500, 10, use_cuda_graph=graph, use_spin_wait=spin, no_data_transfers=no_transfers)
+    cmd = tx.build_command("m.onnx", BuildOptions("int8", PROFILE4), bench=flags, trt_major=major)
+    switches = {"--useCudaGraph", "--useSpinWait", "--noDataTransfers", "--noCudaGraph", "--noSpinWait",
+                "--includeDataTransfers"}  # fmt: skip
+    assert [c for c in cmd if c in switches] == expected
+    assert "--warmUp=500" in cmd and "--duration=10" in cmd
 
 
 def test_optional_flags() -> None:

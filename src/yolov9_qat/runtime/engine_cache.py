@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -164,13 +165,27 @@ class BuildOptions:
         return {"workspace_gib": self.workspace_gib, "optimization_level": self.optimization_level}
 
 
+def trt_release(version: str) -> str:
+    """A TensorRT version as ``major.minor.patch``: the wheel's ``trt.__version__`` has four fields
+    (``10.13.0.35``), trtexec's banner three (``[TensorRT v100300]`` = ``10.3.0``); engines are
+    compatible within one release, so the cache key and the load check compare these."""
+    parts = re.findall(r"\d+", str(version))[:3]
+    if not parts:
+        return str(version)
+    return ".".join(str(int(p)) for p in parts + ["0"] * (3 - len(parts)))
+
+
 @dataclass(frozen=True)
 class Target:
-    """Where an engine runs: engines are specific to the TensorRT version and the GPU."""
+    """Where an engine runs: engines are specific to the TensorRT release and the GPU.
+    ``trt_version`` is kept as :func:`trt_release` (major.minor.patch) whatever form it is given in."""
 
     trt_version: str
     gpu_name: str
     compute_capability: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "trt_version", trt_release(self.trt_version))
 
     def to_json(self) -> dict[str, str]:
         return {

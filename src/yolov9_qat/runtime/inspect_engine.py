@@ -49,6 +49,12 @@ PRECISION_COLORS = {"INT8": "#76b900", "FP16": "#4e9fdc", "FP32": "#f28e2b", "BF
 
 
 # --- reading ---------------------------------------------------------------------------------------
+#: inspector layer types that are no layers (multi-stream events)
+PSEUDO_LAYERS: tuple[str, ...] = ("signal", "wait")
+#: separators TensorRT puts inside names and metadata (record / unit separator); trex shows them as "+"
+NAME_SEPARATORS: tuple[str, ...] = ("\x1e", "\x1f")
+
+
 def load_inspector(info: str | os.PathLike[str] | dict[str, Any] | list[Any]) -> dict[str, Any]:
     """Inspector JSON (a path, JSON text, a dict, or a bare list of layers) -> ``{"Layers", "Bindings"}``."""
     data: Any = info
@@ -74,6 +80,9 @@ def load_inspector(info: str | os.PathLike[str] | dict[str, Any] | list[Any]) ->
             "engine layer information holds layer names only: build the engine with detailed "
             "profiling verbosity (trtexec --profilingVerbosity=detailed)"
         )
+    # TensorRT's multi-stream synchronisation shows up as "signal" / "wait" layers that compute
+    # nothing; trt-engine-explorer drops them before counting, so do we
+    layers = [layer for layer in layers if str(layer.get("LayerType", "")).lower() not in PSEUDO_LAYERS]
     return {"Layers": layers, "Bindings": list(data.get("Bindings") or [])}
 
 
@@ -252,6 +261,8 @@ def explain_int8(summary_int8: dict[str, Any], summary_fp16: dict[str, Any] | No
 # --- graph rendering -------------------------------------------------------------------------------
 def _dot_escape(text: str, limit: int = 60) -> str:
     text = str(text)
+    for sep in NAME_SEPARATORS:  # control characters break DOT / SVG rendering
+        text = text.replace(sep, "+")
     if len(text) > limit:
         text = text[: limit - 3] + "..."
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")

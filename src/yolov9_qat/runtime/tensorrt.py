@@ -265,12 +265,15 @@ def build_cached(
 
         exe = trtexec.find_trtexec()
         version = trtexec.trtexec_version(exe)
-        typed = trtexec.version_major(version) >= 11 or strongly_typed_env()
+        major = trtexec.version_major(version)
+        typed = major >= 11 or strongly_typed_env()
         name, cc = gpu_name_and_cc(device)
         target = Target(version, name, cc)
 
         def build_one(graph: Path, opts: BuildOptions, out: Path) -> str | None:
-            return trtexec.build_engine(graph, opts, out, typed=typed, trtexec=exe, device=device)
+            return trtexec.build_engine(
+                graph, opts, out, typed=typed, trtexec=exe, device=device, trt_major=major
+            )
 
     elif runner == "polygraphy":
         require_gpu_stack("building a TensorRT engine")
@@ -495,6 +498,7 @@ class TensorRTRunner:
         inp = runner.buffers[runner.input_name]
         with torch.cuda.stream(runner.stream):
             inp.copy_(torch.rand(shape, device=runner.device))
+        runner.stream.synchronize()  # the random input is on the device before the host copy reads it
         host_in = host_out = None
         if not self.no_data_transfers:
             host_in = torch.empty(shape, dtype=inp.dtype, pin_memory=True).copy_(inp.cpu())

@@ -138,6 +138,29 @@ def image_input(info: dict[str, Any], img: int | None = None) -> tuple[str, tupl
     return name, (c, hw[0], hw[1])
 
 
+def fixed_batch(info: dict[str, Any]) -> int | None:
+    """The image input's batch size when the ONNX fixes it (exported without ``--dynamic``)."""
+    dims = next(iter(info["inputs"].values()), [])
+    return dims[0] if dims and isinstance(dims[0], int) and dims[0] > 0 else None
+
+
+def batch_profile(
+    info: dict[str, Any], chw: tuple[int, int, int], name: str, lo: int, opt: int, hi: int
+) -> ShapeProfile:
+    """The (``lo``, ``opt``, ``hi``) batch profile, or for an ONNX with a fixed batch ``B`` the only
+    profile it can take, (B, B, B), when ``opt`` is ``B``; anything else is one clear error."""
+    fixed = fixed_batch(info)
+    if fixed is None:
+        return ShapeProfile.for_batches(chw, lo, opt, hi, name)
+    if opt != fixed or not lo <= fixed <= hi:
+        want = f"batch {opt}" if lo == 1 and opt == hi else f"batches {lo}..{hi} (opt {opt})"
+        raise UserError(
+            f"the ONNX input {name!r} is fixed at batch {fixed}, this needs {want}: export it with "
+            f"--dynamic, or use batch {fixed}"
+        )
+    return ShapeProfile.for_batches(chw, fixed, fixed, fixed, name)
+
+
 def resolve_profile(
     info: dict[str, Any],
     min_spec: str | None,
@@ -152,7 +175,8 @@ def resolve_profile(
     name, chw = image_input(info, img)
     given = [s is not None for s in (min_spec, opt_spec, max_spec)]
     if not any(given):
-        return ShapeProfile.for_batches(chw, *default, name=name)
+        fixed = fixed_batch(info)  # a static-batch ONNX takes its own batch only
+        return ShapeProfile.for_batches(chw, *((fixed,) * 3 if fixed else default), name=name)
     if given == [False, True, False]:
         profile = ShapeProfile.parse(opt_spec, opt_spec, opt_spec)  # type: ignore[arg-type]
     elif all(given):
@@ -311,7 +335,7 @@ def _engines_for(args: argparse.Namespace, profile_for: Any) -> tuple[Any, str]:
 
     def engine_for(batch: int) -> Path:
         if batch not in built:
-            profile = profile_for(batch, chw, name)
+            profile = profile_for(info, batch, chw, name)
             options = build_options(args, path, precision, profile)
             cached = build_cached(
                 path, options, cache_dir=getattr(args, "engine_cache", None), device=device, runner=runner
@@ -339,7 +363,9 @@ def make_trt_runner(args: argparse.Namespace) -> Any:
     engine for every batch."""
     from yolov9_qat.runtime.tensorrt import TensorRTRunner
 
-    engines, precision = _engines_for(args, lambda b, chw, name: ShapeProfile.for_batches(chw, 1, b, b, name))
+    engines, precision = _engines_for(
+        args, lambda info, b, chw, name: batch_profile(info, chw, name, 1, b, b)
+    )
     runner = TensorRTRunner(engines, **_runner_flags(args))
     runner.precision = precision  # type: ignore[attr-defined]
     return runner
@@ -351,7 +377,7 @@ def make_resilience_runner(args: argparse.Namespace) -> Any:
 
     r = RESILIENCE
     engines, precision = _engines_for(
-        args, lambda b, chw, name: ShapeProfile.for_batches(chw, r["min"], r["opt"], r["max"], name)
+        args, lambda info, b, chw, name: batch_profile(info, chw, name, r["min"], r["opt"], r["max"])
     )
     runner = TensorRTRunner(engines, **_runner_flags(args))
     runner.precision = precision  # type: ignore[attr-defined]
@@ -426,7 +452,8 @@ def _bench_trtexec(args: argparse.Namespace, batches: list[int]) -> dict[str, An
     name, chw = image_input(info, getattr(args, "img", None))
     _check_environment("the TensorRT benchmark", "trtexec")
     exe = trtexec.find_trtexec()
-    typed = trtexec.version_major(trtexec.trtexec_version(exe)) >= 11 or strongly_typed_env()
+    major = trtexec.version_major(trtexec.trtexec_version(exe))
+    typed = major >= 11 or strongly_typed_env()
     from yolov9_qat.runtime.precision_graphs import graph_for_precision
 
     graph = graph_for_precision(path, precision, typed)
@@ -442,7 +469,7 @@ def _bench_trtexec(args: argparse.Namespace, batches: list[int]) -> dict[str, An
         graph, precision, batches, chw, flags, out_dir=out_dir, input_name=name, typed=typed,
         timing_cache=_timing_cache(args, path), workspace_gib=getattr(args, "workspace", None),
         resilience=bool(getattr(args, "resilience", False)), device=device_index(getattr(args, "device", "")), trtexec=exe,
-        stem=path.stem,
+        stem=path.stem, trt_major=major,
     )  # fmt: skip
     report["model"] = str(path)
     return report
@@ -471,7 +498,7 @@ def tensorrt_val_predictor(args: argparse.Namespace, data: dict[str, Any] | None
     precision = resolve_precision(getattr(args, "precision", "auto"), path, info)
     batch = int(getattr(args, "batch_size", 32) or 32)
     name, chw = image_input(info, getattr(args, "img", None))
-    profile = ShapeProfile.for_batches(chw, 1, batch, batch, name)
+    profile = batch_profile(info, chw, name, 1, batch, batch)
     runner = getattr(args, "runner", "polygraphy") or "polygraphy"
     _check_environment("val --backend tensorrt", runner)
     cached = build_cached(

@@ -62,11 +62,31 @@ def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
-def precision_args(precision: str, typed: bool) -> list[str]:
-    """``--int8 --fp16`` for mp, ... (TensorRT 10); nothing when strongly typed (TensorRT 11)."""
+def precision_args(precision: str, typed: bool, trt_major: int = 10) -> list[str]:
+    """``--int8 --fp16`` for mp, ... (TensorRT 10 with builder flags). A strongly typed build takes its
+    precisions from the graph: ``--stronglyTyped`` on TensorRT 10 (required there), nothing on 11
+    (always typed; the flag is a no-op)."""
     if precision not in FLAGS_TRT10:
         raise UserError(f"precision {precision!r}: choose one of {', '.join(FLAGS_TRT10)}")
-    return [] if typed else list(FLAGS_TRT10[precision])
+    if typed:
+        return ["--stronglyTyped"] if trt_major < 11 else []
+    return list(FLAGS_TRT10[precision])
+
+
+def bench_args(bench: BenchFlags, trt_major: int = 10) -> list[str]:
+    """Warm-up, duration and the three measurement switches, spelled for the trtexec at hand: up to
+    TensorRT 10 CUDA graph, spin wait and no-data-transfers are off unless asked for (``--useCudaGraph
+    --useSpinWait --noDataTransfers``); from 11 they are on by default, those flags are deprecated
+    no-ops, and off is ``--noCudaGraph --noSpinWait --includeDataTransfers``."""
+    out = [f"--warmUp={_num(bench.warmup_ms)}", f"--duration={_num(bench.duration_s)}"]
+    switches = (
+        (bench.use_cuda_graph, "--useCudaGraph", "--noCudaGraph"),
+        (bench.use_spin_wait, "--useSpinWait", "--noSpinWait"),
+        (bench.no_data_transfers, "--noDataTransfers", "--includeDataTransfers"),
+    )
+    if trt_major >= 11:
+        return out + [off for on, _, off in switches if not on]
+    return out + [flag for on, flag, _ in switches if on]
 
 
 def build_command(
@@ -81,20 +101,17 @@ def build_command(
     skip_inference: bool = False,
     device: int = 0,
     trtexec: str = "trtexec",
+    trt_major: int = 10,
 ) -> list[str]:
-    """The trtexec argument list for one build (+ benchmark when ``bench``), in the record's order."""
-    cmd = [trtexec, f"--onnx={onnx}", *precision_args(options.precision, typed)]
+    """The trtexec argument list for one build (+ benchmark when ``bench``), in the record's order,
+    for a trtexec of TensorRT ``trt_major`` (:func:`trtexec_version`)."""
+    cmd = [trtexec, f"--onnx={onnx}", *precision_args(options.precision, typed, trt_major)]
     if save_engine:
         cmd.append(f"--saveEngine={save_engine}")
     if options.timing_cache:
         cmd.append(f"--timingCacheFile={options.timing_cache}")
     if bench is not None:
-        cmd += [f"--warmUp={_num(bench.warmup_ms)}", f"--duration={_num(bench.duration_s)}"]
-        cmd += [flag for flag, on in (
-            ("--useCudaGraph", bench.use_cuda_graph),
-            ("--useSpinWait", bench.use_spin_wait),
-            ("--noDataTransfers", bench.no_data_transfers),
-        ) if on]  # fmt: skip
+        cmd += bench_args(bench, trt_major)
     lo, opt, hi = options.profile.specs()
     cmd += [f"--minShapes={lo}", f"--optShapes={opt}", f"--maxShapes={hi}"]
     if shapes:
@@ -291,6 +308,7 @@ def build_engine(
     typed: bool = False,
     trtexec: str | None = None,
     device: int = 0,
+    trt_major: int = 10,
 ) -> str | None:
     """Build one engine with trtexec (no benchmark) into ``out``; returns its layer-information JSON."""
     exe = trtexec or find_trtexec()
@@ -305,6 +323,7 @@ def build_engine(
             skip_inference=True,
             device=device,
             trtexec=exe,
+            trt_major=trt_major,
         )
         run_trtexec(cmd)
         return info.read_text() if info.is_file() else None
@@ -331,6 +350,7 @@ def benchmark(
     device: int = 0,
     trtexec: str | None = None,
     stem: str | None = None,
+    trt_major: int = 10,
 ) -> dict[str, Any]:
     """The record's method with trtexec: per batch ``b`` one build + run with profile (1, b, b); with
     ``resilience`` also the (1, 4, 8) engine at batch 8. Returns the harness's report layout."""
@@ -352,7 +372,7 @@ def benchmark(
         info = engine.with_name(engine.name + ".graph.json")
         cmd = build_command(
             onnx, options, save_engine=engine, typed=typed, bench=flags, shapes=shapes, layer_info=info,
-            device=device, trtexec=exe,
+            device=device, trtexec=exe, trt_major=trt_major,
         )  # fmt: skip
         commands.append(" ".join(cmd))
         log = run_trtexec(cmd, log_path=engine.with_name(engine.name + ".log"))
