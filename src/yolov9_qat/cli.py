@@ -573,15 +573,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--min-iterations", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "fp16", "int8", "mp"],
-        default="int8",
-        help="TensorRT engine precision",
-    )
     p.add_argument("--no-progress", action="store_true")
     _add_ort_u8(p)
-    _add_trt_bench_flags(p)
+    _add_trt_bench_flags(p)  # --precision (auto: mp for a Q/DQ graph, fp16 otherwise) and the engine flags
     _add_run_flags(p, "bench")
 
     p = _command(sub, "quantize", "Q/DQ placement, calibration (PTQ) and QAT fine-tuning")(cmd_quantize)

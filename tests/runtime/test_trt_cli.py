@@ -503,3 +503,29 @@ def test_strongly_typed_build_uses_the_autocast_graph(
     # int8 on the strongly typed tier builds the Q/DQ graph itself
     assert trt_cli.cmd_build(build_args(onnx, precision="int8", opt_shapes="images:2x3x16x16")) == 0
     assert s.calls[1][0] == onnx and s.calls[1][2]
+
+
+def test_shipped_bench_parser_takes_the_tiers_precision(onnx_files: dict[str, Path]) -> None:
+    """The parser as shipped: ``bench`` has no --precision of its own shadowing the tier's ``auto``."""
+    from yolov9_qat.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--backend", "tensorrt", "--model", str(onnx_files["float"])])
+    assert args.precision == "auto"
+    assert trt_cli.resolve_precision(args.precision, onnx_files["float"]) == "fp16"
+    assert trt_cli.resolve_precision(args.precision, onnx_files["qdq"]) == "mp"
+
+
+@pytest.mark.skipif(not rt.missing_gpu_stack(), reason="this machine has CUDA and TensorRT")
+def test_bench_float_onnx_without_gpu_names_what_is_missing(onnx_files: dict[str, Path]) -> None:
+    """As a user runs it: a float ONNX, no --precision, no GPU: one line about the GPU, not about Q/DQ."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "yolov9_qat", "bench", "--backend", "tensorrt", "--model", str(onnx_files["float"])],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs an NVIDIA GPU with TensorRT" in lines[0], proc.stderr
+    assert "Q/DQ" not in lines[0]
