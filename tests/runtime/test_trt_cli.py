@@ -529,3 +529,18 @@ def test_bench_float_onnx_without_gpu_names_what_is_missing(onnx_files: dict[str
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs an NVIDIA GPU with TensorRT" in lines[0], proc.stderr
     assert "Q/DQ" not in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("device", "n", "env", "index"),
+    [
+        (0, 1, {}, 0),  # one GPU: no doubt
+        (1, 1, {}, None),  # no such device
+        (1, 2, {}, None),  # CUDA's default order is fastest first, nvidia-smi's PCI: unknown
+        (1, 2, {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}, 1),
+        (0, 2, {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": "1"}, None),
+    ],
+)
+def test_nvidia_smi_row_of_a_cuda_device(device: int, n: int, env: dict, index: int | None) -> None:
+    """The engine cache's GPU name must be the CUDA device's, not the PCI-order GPU of the same number."""
+    assert rt.smi_index(device, n, env) == index

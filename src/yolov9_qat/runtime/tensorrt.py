@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -131,17 +131,37 @@ def gpu_name_and_cc(device: int = 0) -> tuple[str, str]:
     smi = shutil.which("nvidia-smi")
     if smi:
         res = subprocess.run(
-            [smi, f"--id={device}", "--query-gpu=name,compute_cap", "--format=csv,noheader"],
+            [smi, "--query-gpu=name,compute_cap", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             check=False,
         )
-        parts = (
-            [p.strip() for p in res.stdout.strip().splitlines()[0].split(",")] if res.stdout.strip() else []
-        )
-        if res.returncode == 0 and len(parts) == 2:
-            return parts[0], parts[1]
+        rows = [
+            [p.strip() for p in line.split(",")] for line in res.stdout.strip().splitlines() if line.strip()
+        ]
+        if res.returncode == 0 and rows:
+            index = smi_index(device, len(rows), os.environ)
+            if index is None:
+                raise UserError(
+                    f"cannot tell which of nvidia-smi's {len(rows)} GPUs is CUDA device {device} (nvidia-smi "
+                    "counts in PCI order, CUDA fastest first): set CUDA_DEVICE_ORDER=PCI_BUS_ID without "
+                    "CUDA_VISIBLE_DEVICES, or install PyTorch with CUDA"
+                )
+            if len(rows[index]) == 2:
+                return rows[index][0], rows[index][1]
     raise UserError(f"no CUDA device is visible (neither PyTorch nor nvidia-smi sees GPU {device})")
+
+
+def smi_index(device: int, n_gpus: int, env: Mapping[str, str]) -> int | None:
+    """The nvidia-smi row of CUDA device ``device``, where it is certain: one GPU, or CUDA counting
+    in PCI order (``CUDA_DEVICE_ORDER=PCI_BUS_ID``) over all GPUs (no ``CUDA_VISIBLE_DEVICES``)."""
+    if not 0 <= device < n_gpus:
+        return None
+    if n_gpus == 1:
+        return 0
+    if env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID" and not env.get("CUDA_VISIBLE_DEVICES"):
+        return device
+    return None
 
 
 def gpu_target(device: int = 0, trt_version: str | None = None) -> Target:
@@ -401,20 +421,33 @@ class EngineRunner:
         self.buffers, self.shape, self.graph = buffers, shape, None
 
     def enqueue(self) -> None:
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.path}")
+        import torch
+
+        with torch.cuda.device(self.device):  # the engine's device, whatever the current one is
+            if not self.context.execute_async_v3(self.stream.cuda_stream):
+                raise RuntimeError(f"TensorRT execute_async_v3 failed for {self.path}")
 
     def capture(self) -> Any:
         """Capture one inference as a ``torch.cuda.CUDAGraph`` (after one plain launch, as TensorRT
-        requires after a shape change)."""
+        requires after a shape change). When capture fails (an engine with a layer that cannot be
+        captured) the capture is ended and inference falls back to plain enqueue, with a warning, as
+        trtexec does; returns ``None`` then."""
         import torch
 
         self.enqueue()
         self.stream.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-            self.enqueue()
-        self.stream.synchronize()
+        try:
+            with torch.cuda.device(self.device):
+                with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
+                    self.enqueue()
+                self.stream.synchronize()
+        except RuntimeError as e:  # torch ends the capture on the way out; the error is not sticky
+            self.graph = None
+            torch.cuda.synchronize(self.device)
+            reason = " ".join(str(e).split())[:200]
+            log.warning("CUDA graph capture failed for %s (%s): plain enqueue instead", self.path, reason)
+            return None
         self.graph = graph
         return graph
 
@@ -423,7 +456,7 @@ class EngineRunner:
         import torch
 
         if self.graph is not None:
-            with torch.cuda.stream(self.stream):
+            with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
                 self.graph.replay()
         else:
             self.enqueue()
