@@ -75,6 +75,21 @@ def test_end2end_onnx_nms_matches_torchvision_nms(cpu_record, act: str, metric: 
     assert abs(e2e - plain) <= 5e-4, f"{act} {metric}: end-to-end {e2e:.5f} vs plain + NMS {plain:.5f}"
 
 
+#: the most AP that quantization alone may cost (INT8 minus the float control; issue bound)
+QUANTIZATION_COST_BOUND = -0.005
+
+
+def test_quantization_cost_against_the_float_control(cpu_record, act: str) -> None:
+    """INT8 (PyTorch) minus Origin fine-tuned: the float model trained with the QAT run's exact schedule,
+    quantizers off. What is left is what quantization costs; INT8 minus Origin also holds the extra training."""
+    acc = cpu_record(act)["accuracy"]
+    cost = acc["int8_pytorch"]["AP"] - acc["origin_ft_pytorch"]["AP"]
+    assert cost >= QUANTIZATION_COST_BOUND, (
+        f"{act}: INT8 {acc['int8_pytorch']['AP']:.4f} - Origin fine-tuned {acc['origin_ft_pytorch']['AP']:.4f} "
+        f"= {cost:+.4f} AP"
+    )
+
+
 def test_models_learned_something(cpu_record, act: str) -> None:
     """Guards the comparisons above against a degenerate (AP 0) model, where every backend agrees."""
     ap = cpu_record(act)["accuracy"]["origin_pytorch"]["AP"]
