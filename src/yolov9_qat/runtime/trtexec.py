@@ -239,14 +239,16 @@ def parse_performance_summary(text: str) -> dict[str, Any]:
     stats = {k: parse_stats(v) for k, v in lines.items() if "=" in v and " ms" in v}
     gpu = stats.get("GPU Compute Time") or stats.get("GPU Compute")
     host = stats.get("Latency") or stats.get("Host Latency")
-    primary = gpu or host
+    # the record's "Latency (99%)" is the figure trtexec prints as "Latency" (host latency: H2D + GPU
+    # compute + D2H); GPU compute time is kept beside it, and stands in only where a log has no Latency
+    primary = host or gpu
     if not primary or any(primary.get(k) is None for k in ("min", "mean", "median", "max", "p99")):
-        raise UserError("trtexec performance summary has no complete 'GPU Compute Time' / 'Latency' line")
+        raise UserError("trtexec performance summary has no complete 'Latency' / 'GPU Compute Time' line")
     out: dict[str, Any] = {
         "throughput_qps": float(m.group(1)),
         "latency_ms": {k: primary.get(k) for k in STAT_KEYS},
-        "latency_source": "GPU Compute Time" if gpu else "Latency",
-        "host_latency_ms": {k: host.get(k) for k in STAT_KEYS} if host else None,
+        "latency_source": "Latency" if host else "GPU Compute Time",
+        "gpu_compute_ms": {k: gpu.get(k) for k in STAT_KEYS} if gpu else None,
     }
     for key, name in (("Enqueue Time", "enqueue_ms"), ("H2D Latency", "h2d_ms"), ("D2H Latency", "d2h_ms")):
         if key in stats:
@@ -258,9 +260,12 @@ def parse_performance_summary(text: str) -> dict[str, Any]:
         mm = re.match(r"([-+0-9.eE]+)\s*s\b", lines.get(key, ""))
         if mm:
             out[name] = float(mm.group(1))
-    it = re.search(r"Timing trace has (\d+) queries over ([0-9.eE+-]+) s", text)
-    if it:
-        out["iterations"] = int(it.group(1))
+    # the count of the run this summary closes: the last trace line before it (logs may hold several runs)
+    traces = re.findall(
+        r"Timing trace has (\d+) queries over ([0-9.eE+-]+) s", text[: text.rindex("Performance summary")]
+    )
+    if traces:
+        out["iterations"] = int(traces[-1][0])
     return out
 
 
