@@ -73,3 +73,52 @@ def test_onnx_export_has_qdq_and_runs_in_onnxruntime(ptq_model, images, tmp_path
     # same fake-quant arithmetic up to float rounding at a few rounding boundaries
     close = np.isclose(got, want, rtol=1e-3, atol=1e-3).mean()
     assert close > 0.99, close
+
+
+@pytest.mark.cpu
+def test_head_float_keeps_the_output_convs_float_through_checkpoint_onnx_and_lint(
+    float_model, train_loader, tmp_path
+) -> None:
+    """``quantize --head-float``: the head's last 1x1 convs (box and class towers, every level) get no
+    quantizers; the choice survives the QAT checkpoint, reaches the ONNX metadata, and lint accepts
+    exactly those float convs (and flags them in a graph that does not say so)."""
+    from yolov9_qat.export.lint import lint
+    from yolov9_qat.export.onnx import ExportOptions, export_onnx, read_metadata
+    from yolov9_qat.quant import rules
+    from yolov9_qat.quant.io import load_qat, save_qat
+    from yolov9_qat.quant.quantize import calibrate, prepare_qat_model, tie_violations
+
+    heads = rules.head_output_paths(float_model)
+    nl = len(float_model.model[-1].cv2)
+    assert len(heads) == 2 * nl and all(p.startswith(f"model.{len(float_model.model) - 1}.cv") for p in heads)
+    default = rules.plan(float_model)
+    floated = rules.plan(float_model, head_float=True)
+    dropped = set(default.sites) - set(floated.sites)
+    assert dropped == {(p, a) for p in heads for a in (rules.INPUT, rules.WEIGHT)}
+    assert set(floated.sites) < set(default.sites)
+
+    model = prepare_qat_model(copy.deepcopy(float_model), calib_method="max", head_float=True)
+    calibrate(model, train_loader, n_batches=1)
+    assert model.qat["head_float"] and tie_violations(model) == []
+    assert not any(_under_any(p, heads) for p, _, _ in rules.quantizer_sites(model))
+    loaded, _ = load_qat(save_qat(model, tmp_path / "qat.pt"))
+    assert loaded.qat["head_float"]
+    path = export_onnx(loaded.eval(), tmp_path / "head_float.onnx", ExportOptions(imgsz=64))
+    proto = onnx.load(str(path))
+    assert json_list(read_metadata(proto)["float_convs"]) == list(heads)
+    report = lint(proto)
+    assert report.ok, report.format()
+    assert report.stats["convs_allowed_float"] == 2 * nl + 1  # the output convs and the DFL's conv
+    del proto.metadata_props[:]  # the same graph without the exporter's word: the convs are violations
+    bare = lint(proto, rules=["conv-input"])
+    assert not bare.ok and len(bare.violations) == 2 * nl
+
+
+def _under_any(path: str, prefixes) -> bool:
+    return any(path == p or path.startswith(p + ".") for p in prefixes)
+
+
+def json_list(value) -> list:
+    import json
+
+    return value if isinstance(value, list) else json.loads(value)

@@ -117,3 +117,32 @@ def test_detection_loss_term_and_frozen_dfl(float_model, ptq_model, train_loader
     assert math.isfinite(loss) and loss > plain  # feature MSE plus the detection loss
     dfl = qm.head.dfl.conv.weight
     assert torch.equal(dfl, ptq_model.head.dfl.conv.weight) and not dfl.requires_grad
+
+
+@pytest.mark.cpu
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), None])
+def test_a_quantizer_without_a_positive_amax_is_refused_by_name(ptq_model, bad) -> None:
+    """TensorRT refuses a zero / negative / NaN scale only when it builds the engine; check_amax
+    names the quantizer right after calibration or QAT."""
+    from yolov9_qat.errors import UserError
+    from yolov9_qat.quant.quantize import check_amax
+
+    model = copy.deepcopy(ptq_model)
+    assert check_amax(model, "after calibration") > 0  # the calibrated model passes
+    name, q = unique_quantizers(model)["input"][3]
+    if bad is None:
+        delattr(q, "_amax")
+    else:
+        q.amax = torch.full_like(q.amax, bad)
+    with pytest.raises(UserError, match="after calibration") as e:
+        check_amax(model, "after calibration")
+    assert name in str(e.value) and "1 quantizer(s)" in str(e.value)
+    assert ("never calibrated" if bad is None else "amax") in str(e.value)
+    w_name, w = unique_quantizers(model)["weight"][0]
+    q.amax = torch.ones(())
+    amax = w.amax.clone()
+    amax.view(-1)[0] = 0.0  # one dead output channel
+    w.amax = amax
+    with pytest.raises(UserError, match=r"1 zero, 0 negative of \d+ channels") as e:
+        check_amax(model, "after QAT")
+    assert w_name in str(e.value)

@@ -4,7 +4,7 @@ A QAT checkpoint is an ordinary yolov9-qat checkpoint of the fused float model (
 :func:`yolov9_qat.models.checkpoint.load` reads it as a float model) with one more entry, ``qat``::
 
     {"version": 1, "calib_method": "percentile", "percentile": 99.999, "skip_layers": [...],
-     "placement": "trt" | "ort", "calibrated": True,
+     "placement": "trt" | "ort", "head_float": False, "calibrated": True,
      "quantizers": {site name: {"amax": tensor | None, "enabled": bool, "num_bits": 8,
                                 "axis": None | 0, "unsigned": False, "narrow_range": False}},
      "groups": [[site name, ...], ...]}     # tie groups (sites sharing one quantizer)
@@ -70,6 +70,7 @@ def qat_state(model: DetectionModel) -> dict[str, Any]:
         "percentile": float(model.qat["percentile"]),
         "skip_layers": [int(i) for i in model.qat["skip_layers"]],
         "placement": model.qat.get("placement", rules.DEFAULT_PLACEMENT),
+        "head_float": bool(model.qat.get("head_float", False)),
         "calibrated": bool(model.qat.get("calibrated", False)),
         "quantizers": quantizers,
         "groups": [g for g in groups.values() if len(g) > 1],
@@ -103,6 +104,7 @@ def apply_qat_state(
         percentile=state["percentile"],
         skip_layers=state.get("skip_layers", ()),
         placement=state.get("placement", rules.DEFAULT_PLACEMENT),
+        head_float=bool(state.get("head_float", False)),
     )
     sites = {rules.site_name((p, a)): q for p, a, q in rules.quantizer_sites(model)}
     groups: dict[int, list[str]] = {}

@@ -27,9 +27,16 @@ from yolov9_qat.eval.evaluator import Evaluator, torch_predictor
 from yolov9_qat.models import checkpoint
 from yolov9_qat.models.reparam import reparameterize
 from yolov9_qat.models.yolo import DetectionModel, shipped_configs
+from yolov9_qat.quant import distributed
 from yolov9_qat.quant.io import is_qat_checkpoint, load_qat, save_qat
 from yolov9_qat.quant.qat import METRIC_KEYS, qat_finetune
-from yolov9_qat.quant.quantize import DEFAULT_CALIB_METHOD, DEFAULT_PERCENTILE, calibrate, prepare_qat_model
+from yolov9_qat.quant.quantize import (
+    DEFAULT_CALIB_METHOD,
+    DEFAULT_PERCENTILE,
+    calibrate,
+    check_amax,
+    prepare_qat_model,
+)
 from yolov9_qat.quant.sensitivity import format_table, sensitivity
 from yolov9_qat.utils.files import atomic_write_json, atomic_write_text
 from yolov9_qat.utils.runs import run_dir, select_device
@@ -117,11 +124,18 @@ def _evaluate(evaluator: Evaluator, model: torch.nn.Module, device: torch.device
     return _short(result, time.perf_counter() - t0)
 
 
-def _loaders(
-    data: dict[str, Any], img: int, batch_size: int, hyp: dict[str, Any], workers: int, seed: int
-) -> tuple[Any, Evaluator]:
-    """The QAT training loader (no augmentation, see :func:`_qat_hyp`) and the val evaluator."""
-    train_loader, _ = create_dataloader(
+def _train_loader(
+    data: dict[str, Any],
+    img: int,
+    batch_size: int,
+    hyp: dict[str, Any],
+    workers: int,
+    seed: int,
+    ctx: distributed.DistContext | None = None,
+) -> Any:
+    """The QAT training loader; with an active ``ctx``, this rank's DistributedSampler share."""
+    ctx = ctx or distributed.DistContext()
+    loader, _ = create_dataloader(
         data["train"],
         imgsz=img,
         batch_size=batch_size,
@@ -132,7 +146,17 @@ def _loaders(
         shuffle=True,
         seed=seed,
         prefix="train: ",
+        rank=ctx.rank if ctx.active else -1,
+        world_size=ctx.world if ctx.active else None,
     )
+    return loader
+
+
+def _loaders(
+    data: dict[str, Any], img: int, batch_size: int, hyp: dict[str, Any], workers: int, seed: int
+) -> tuple[Any, Evaluator]:
+    """The QAT training loader (the hyp's augmentation) and the val evaluator."""
+    train_loader = _train_loader(data, img, batch_size, hyp, workers, seed)
     evaluator = Evaluator.for_data(data, img, batch_size=batch_size, workers=workers)
     return train_loader, evaluator
 
@@ -164,6 +188,8 @@ def quantize(
     det_loss_weight: float = 0.0,
     placement: str = "trt",
     float_control: bool = False,
+    calib_batch_size: int | None = None,
+    head_float: bool = False,
 ) -> dict[str, Any]:
     """Origin -> PTQ -> QAT for one checkpoint; returns the summary also written to ``summary.json``.
 
@@ -171,7 +197,15 @@ def quantize(
     histogram calibration at the 99.999th percentile over 25 batches). ``activation``, when given,
     must be the checkpoint's (a guard for scripts that run one activation after another).
     ``placement``: ``trt`` (TensorRT's Q/DQ rules) or ``ort`` (also every op's output, for ONNX
-    Runtime's integer kernels on the CPU; see :mod:`yolov9_qat.quant.rules`).
+    Runtime's integer kernels on the CPU; see :mod:`yolov9_qat.quant.rules`). ``calib_batch_size``:
+    images per calibration batch (default ``batch_size``; ``calib_batches`` of them are read).
+    ``head_float``: the head's last 1x1 convs stay float (as upstream's tools do; default INT8 in,
+    float out).
+
+    Under ``torchrun`` (one process per device, :mod:`yolov9_qat.quant.distributed`): ``batch_size``
+    is the total over the processes; every rank calibrates on its share of the single-process
+    calibration batches (reduced: every rank holds the same quantizers) and fine-tunes under DDP;
+    rank 0 evaluates, selects and writes.
 
     The best QAT epoch is chosen by AP on the selection split (``summary["selection"]``, never the
     val images); the val figures of ``best`` are computed once, on the chosen weights.
@@ -183,16 +217,24 @@ def quantize(
     """
     t_start = time.perf_counter()
     _seed(seed)
-    dev = select_device(device)
+    ctx = distributed.from_env()
+    if batch_size < ctx.world:
+        raise UserError(f"--batch-size {batch_size} is smaller than the number of processes ({ctx.world})")
+    dev = distributed.setup(ctx, device) or select_device(device)
+    main = ctx.main
+    if not main:  # rank 0 speaks for the run
+        logging.getLogger("yolov9_qat").setLevel(logging.WARNING)
     data_d = load_data_yaml(data)
     hyp_d = _hyp(hyp)
     float_model, info = load_float_model(weights, activation)
     _check_nc(float_model, data_d, weights)
-    train_loader, evaluator = _loaders(data_d, img, batch_size, hyp_d, workers, seed)
-    selector = Evaluator.for_selection(data_d, img, batch_size=batch_size, workers=workers)
-    save_dir = run_dir(project, name, exist_ok)
+    train_loader = _train_loader(data_d, img, batch_size // ctx.world, hyp_d, workers, seed, ctx)
+    evaluator = Evaluator.for_data(data_d, img, batch_size=batch_size, workers=workers) if main else None
+    selector = Evaluator.for_selection(data_d, img, batch_size=batch_size, workers=workers) if main else None
+    save_dir = Path(ctx.broadcast(str(run_dir(project, name, exist_ok)) if main else None))
     wdir = save_dir / "weights"
-    wdir.mkdir(parents=True, exist_ok=True)
+    if main:
+        wdir.mkdir(parents=True, exist_ok=True)
     stem = Path(weights).stem
     paths = {k: wdir / f"{k}_{stem}.pt" for k in ("ptq", "qat_best", "qat_last")}
     summary: dict[str, Any] = {
@@ -202,10 +244,14 @@ def quantize(
         "img": img,
         "batch_size": batch_size,
         "device": str(dev),
+        "processes": ctx.world,
+        "rank": max(ctx.rank, 0),
         "placement": placement,
+        "head_float": head_float,
         "calib_method": calib_method,
         "percentile": percentile,
         "calib_batches": calib_batches,
+        "calib_batch_size": calib_batch_size or batch_size,
         "skip_layers": sorted(int(i) for i in skip_layers),
         "iters": iters,
         "epochs_requested": epochs,
@@ -214,7 +260,7 @@ def quantize(
         "det_loss_weight": det_loss_weight,
         "seed": seed,
         "save_dir": str(save_dir),
-        "selection": selector.split,
+        "selection": selector.split if selector else None,
         "reported": "val",
         "origin": None,
         "ptq": None,
@@ -226,23 +272,31 @@ def quantize(
     summary_path = save_dir / "summary.json"
 
     def write_summary() -> None:
-        summary["total_s"] = time.perf_counter() - t_start
-        atomic_write_json(summary_path, summary)
+        if main:
+            summary["total_s"] = time.perf_counter() - t_start
+            atomic_write_json(summary_path, summary)
 
     float_model.to(dev)
-    if eval_origin:
+    if eval_origin and main:
         summary["origin"] = _evaluate(evaluator, float_model, dev, progress, "Origin")
         log.info("Origin: %s", _fmt(summary["origin"]))
 
     qat_model = prepare_qat_model(
-        copy.deepcopy(float_model), calib_method, percentile, skip_layers, placement
+        copy.deepcopy(float_model), calib_method, percentile, skip_layers, placement, head_float
     )
-    summary["calibration"] = calibrate(qat_model, train_loader, calib_batches, device=dev, progress=progress)
+    calib_loader = train_loader
+    if ctx.active or (calib_batch_size and calib_batch_size != batch_size):
+        # every rank reads the batches one process reads; calibrate() takes this rank's share
+        calib_loader = _train_loader(data_d, img, calib_batch_size or batch_size, hyp_d, workers, seed)
+    summary["calibration"] = calibrate(
+        qat_model, calib_loader, calib_batches, device=dev, progress=progress and main, ctx=ctx
+    )
     meta = {"origin_weights": str(weights), "data": summary["data"], "img": img}
-    if eval_ptq:
+    if eval_ptq and main:
         summary["ptq"] = _evaluate(evaluator, qat_model, dev, progress, "PTQ")
         log.info("PTQ: %s", _fmt(summary["ptq"]))
-    save_qat(qat_model, paths["ptq"], meta={**meta, "stage": "ptq", "metrics": summary["ptq"]})
+    if main:
+        save_qat(qat_model, paths["ptq"], meta={**meta, "stage": "ptq", "metrics": summary["ptq"]})
     write_summary()
 
     def on_epoch_end(epoch: int, record: dict[str, Any], model: DetectionModel) -> None:
@@ -257,31 +311,40 @@ def quantize(
         return qat_finetune(
             student, float_model, train_loader, selector, epochs=epochs, iters=iters, lr=lr,
             supervision_stride=supervision_stride, det_loss_weight=det_loss_weight, hyp=hyp_d,
-            device=dev, progress=progress, on_epoch_end=on_end,
+            device=dev, progress=progress and main, on_epoch_end=on_end if main else None, ctx=ctx,
         )  # fmt: skip
 
     if epochs > 0:
         result = finetune(qat_model, on_epoch_end)  # leaves the model at its best epoch (selection split)
-        best = _evaluate(evaluator, qat_model, dev, progress, "QAT best")
-        summary["best"] = {"epoch": result.best_epoch, **best, "select": _short_select(result.best)}
-        save_qat(
-            qat_model, paths["qat_best"],
-            meta={**meta, "stage": "qat", "epoch": result.best_epoch, "metrics": best},
-        )  # fmt: skip
-        log.info("QAT (epoch %s, chosen on %s): %s", result.best_epoch, selector.split, _fmt(best))
-    else:  # no fine-tuning: the PTQ model is both
+        check_amax(qat_model, "after QAT")
+        if main:
+            best = _evaluate(evaluator, qat_model, dev, progress, "QAT best")
+            summary["best"] = {"epoch": result.best_epoch, **best, "select": _short_select(result.best)}
+            save_qat(
+                qat_model, paths["qat_best"],
+                meta={**meta, "stage": "qat", "epoch": result.best_epoch, "metrics": best},
+            )  # fmt: skip
+            log.info("QAT (epoch %s, chosen on %s): %s", result.best_epoch, selector.split, _fmt(best))
+    elif main:  # no fine-tuning: the PTQ model is both
         for key in ("qat_best", "qat_last"):
             save_qat(qat_model, paths[key], meta={**meta, "stage": "ptq", "metrics": summary["ptq"]})
     write_summary()
     if float_control:
         out = wdir / f"origin_ft_{stem}.pt"
-        summary["origin_ft"] = _float_control(summary, float_model, finetune, evaluator, dev, progress, out)
+        summary["origin_ft"] = _float_control(
+            summary, float_model, finetune, evaluator if main else None, dev, progress, out
+        )
         if out.is_file():
             summary["weights_out"]["origin_ft"] = str(out)
         write_summary()
-    log.info(
-        "QAT weights: %s (best), %s (last); summary %s", paths["qat_best"], paths["qat_last"], summary_path
-    )
+    if main:
+        log.info(
+            "QAT weights: %s (best), %s (last); summary %s",
+            paths["qat_best"],
+            paths["qat_last"],
+            summary_path,
+        )
+    ctx.close()
     return summary
 
 
@@ -293,13 +356,14 @@ def _float_control(
     summary: dict[str, Any],
     float_model: DetectionModel,
     finetune: Callable[[DetectionModel], Any],
-    evaluator: Evaluator,
+    evaluator: Evaluator | None,
     device: torch.device,
     progress: bool,
     out: Path,
 ) -> dict[str, Any] | None:
     """Origin (fine-tuned): the float model through the QAT run's own ``finetune``, quantizers off;
-    its chosen weights are written to ``out`` (a float checkpoint)."""
+    its chosen weights are written to ``out`` (a float checkpoint). ``evaluator`` ``None``: a
+    ``torchrun`` rank other than 0 (it trains, rank 0 evaluates and writes)."""
     if summary["epochs_requested"] <= 0:
         return summary["origin"]
     if summary["det_loss_weight"] <= 0:  # feature MSE of a float model against itself: zero, no step
@@ -308,6 +372,8 @@ def _float_control(
         return {**summary["origin"], "epoch": 0, "note": "feature MSE alone: the control is Origin itself"}
     control = copy.deepcopy(float_model)
     result = finetune(control)
+    if evaluator is None:
+        return None
     metrics = _evaluate(evaluator, control, device, progress, "Origin (fine-tuned)")
     checkpoint.save(control.cpu().eval(), out, meta={"stage": "origin_ft", "epoch": result.best_epoch})
     log.info("Origin (fine-tuned, epoch %s): %s", result.best_epoch, _fmt(metrics))

@@ -7,7 +7,9 @@ learning rate (1e-5) for one epoch and a tenth of it for all the others (:func:`
 ``model.model[i]`` for every ``supervision_stride``-th layer ``i`` plus the last layer before the
 head, all with weight 1. The head itself is not supervised there; ``det_loss_weight > 0`` adds the
 detection loss (labels) as well. Quantizer ``amax`` values stay as calibrated (not learned).
-Validation after every epoch; the best epoch (by AP) is kept.
+Validation after every epoch; the best epoch (by AP) is kept. Under ``torchrun`` the student is
+wrapped in DistributedDataParallel (see :mod:`yolov9_qat.quant.distributed`); on CUDA the forward
+passes run under fp16 autocast with a GradScaler, as the seed's tool does.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from yolov9_qat.eval.evaluator import Evaluator, torch_predictor
 from yolov9_qat.models.heads import DFL
 from yolov9_qat.models.yolo import DetectionModel
+from yolov9_qat.quant.distributed import DistContext
 
 log = logging.getLogger("yolov9_qat.quant")
 
@@ -119,6 +122,14 @@ class QATResult:
         return self.epochs[self.best_epoch - 1] if self.best_epoch else None
 
 
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors(o)]
+    return []
+
+
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -138,15 +149,20 @@ def qat_finetune(
     det_loss_weight: float = 0.0,
     hyp: Mapping[str, Any] | None = None,
     on_epoch_end: Callable[[int, dict[str, Any], DetectionModel], None] | None = None,
+    ctx: DistContext | None = None,
 ) -> QATResult:
     """Fine-tune ``qat_model`` (calibrated) towards ``float_model`` (frozen, eval mode).
 
     Each epoch runs at most ``iters`` batches of ``train_loader`` (``(uint8 images, targets, ...)``),
     then evaluates with ``val_evaluator`` (when given) and calls ``on_epoch_end(epoch, record,
     model)``. ``schedule`` (epoch -> learning rate) overrides :func:`lr_schedule`. At the end the
-    model holds the best epoch's weights (by AP; the last epoch's without an evaluator).
+    model holds the best epoch's weights (by AP; the last epoch's without an evaluator). ``ctx``:
+    the ``torchrun`` context (DDP over the ranks; give the evaluator and the callback on rank 0
+    only). On CUDA: fp16 autocast and a GradScaler.
     """
     device = torch.device(device)
+    ctx = ctx or DistContext()
+    amp = device.type == "cuda"
     student = qat_model.to(device)
     teacher = float_model.to(device).eval().requires_grad_(False)
     student.requires_grad_(True)
@@ -155,6 +171,12 @@ def qat_finetune(
             m.requires_grad_(False)
     schedule = dict(schedule) if schedule is not None else lr_schedule(epochs, lr)
     optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    net: nn.Module = student
+    if ctx.active:
+        net = nn.parallel.DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
     layers = supervision_layers(len(student.model), supervision_stride)
     log.info("QAT: supervising layers %s, %d epochs x %d iters", layers, epochs, iters)
     det_loss = None
@@ -170,6 +192,8 @@ def qat_finetune(
         current_lr = schedule.get(epoch, current_lr)
         for g in optimizer.param_groups:
             g["lr"] = current_lr
+        if hasattr(getattr(train_loader, "sampler", None), "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)
         rs, rt = _Recorder(student, layers), _Recorder(teacher, layers)
         student.train()
         _freeze_batchnorm(student)
@@ -187,16 +211,20 @@ def qat_finetune(
                 x = imgs.to(device, non_blocking=True).float()
                 if imgs.dtype == torch.uint8:
                     x = x / 255
-                with torch.no_grad():
-                    teacher(x)
-                preds = student(x)
-                loss = feature_loss(rs.take(), rt.take())
-                if det_loss is not None:
-                    dl, _ = det_loss(preds, batch[1].to(device))
-                    loss = loss + det_loss_weight * dl / x.shape[0]
+                with torch.autocast(device_type=device.type, enabled=amp):
+                    with torch.no_grad():
+                        teacher(x)
+                    preds = net(x)
+                    loss = feature_loss(rs.take(), rt.take())
+                    if det_loss is not None:
+                        dl, _ = det_loss(preds, batch[1].to(device))
+                        loss = loss + det_loss_weight * dl / x.shape[0]
+                    elif ctx.active:  # DDP reduces every parameter the forward used: give the head's
+                        loss = loss + 0.0 * sum(t.sum() for t in _tensors(preds))  # (unsupervised) zeros
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
                 value = float(loss.detach())
                 total += value
                 n += 1

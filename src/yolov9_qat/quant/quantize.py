@@ -31,6 +31,7 @@ from yolov9_qat.errors import UserError
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.quant import rules
 from yolov9_qat.quant.calib import DEFAULT_BINS, FixedRangeHistogram
+from yolov9_qat.quant.distributed import DistContext
 from yolov9_qat.quant.modules import register_twins
 
 log = logging.getLogger("yolov9_qat.quant")
@@ -86,14 +87,16 @@ def prepare_qat_model(
     percentile: float = DEFAULT_PERCENTILE,
     skip_layers: Iterable[int] = (),
     placement: str = rules.DEFAULT_PLACEMENT,
+    head_float: bool = False,
 ) -> DetectionModel:
     """Quantize ``model`` in place (fused first) and return it; quantizers are not calibrated yet.
 
     ``calib_method`` (with ``percentile``) is the method :func:`calibrate` uses unless told
     otherwise. ``skip_layers``: indices into ``model.model`` that stay float. ``placement``: ``trt``
     (TensorRT's rules) or ``ort`` (every op's output quantized too, for ONNX Runtime's integer
-    kernels; see :mod:`yolov9_qat.quant.rules`). The settings are kept in ``model.qat`` (a plain
-    dict), which QAT checkpoints store.
+    kernels; see :mod:`yolov9_qat.quant.rules`). ``head_float``: the head's last 1x1 convs stay float
+    (:func:`yolov9_qat.quant.rules.head_output_paths`; default: INT8 in, float out). The settings are
+    kept in ``model.qat`` (a plain dict), which QAT checkpoints store.
     """
     check_method(calib_method)
     rules.check_placement(placement)
@@ -107,7 +110,7 @@ def prepare_qat_model(
         model.fuse()
     model.eval()
     register_twins()
-    p = rules.plan(model, skip, placement)
+    p = rules.plan(model, skip, placement, head_float)
 
     for path in dict.fromkeys(path for path, _ in p.sites):
         m = model.get_submodule(path)
@@ -136,15 +139,17 @@ def prepare_qat_model(
         "percentile": float(percentile),
         "skip_layers": skip,
         "placement": placement,
+        "head_float": bool(head_float),
         "calibrated": False,
     }
     n_q = len({id(q) for *_, q in rules.quantizer_sites(model)})
     log.info(
-        "inserted %d quantizers at %d sites (%d tie groups)%s",
+        "inserted %d quantizers at %d sites (%d tie groups)%s%s",
         n_q,
         len(p.sites),
         len(groups),
         f"; layers {skip} stay float" if skip else "",
+        "; the head's output convs stay float" if head_float else "",
     )
     return model
 
@@ -159,6 +164,14 @@ def _tie(model: nn.Module, groups: list[list[rules.Site]]) -> None:
 
 def placement_of(model: nn.Module) -> str:
     return getattr(model, "qat", {}).get("placement", rules.DEFAULT_PLACEMENT)
+
+
+def plan_of(model: nn.Module) -> rules.Plan:
+    """The rules' plan for a quantized model, with the settings it was quantized with."""
+    qat = getattr(model, "qat", {})
+    return rules.plan(
+        model, qat.get("skip_layers", ()), placement_of(model), bool(qat.get("head_float", False))
+    )
 
 
 def unique_quantizers(model: nn.Module) -> dict[str, list[tuple[str, TensorQuantizer]]]:
@@ -183,6 +196,44 @@ def _load_amax(q: TensorQuantizer, method: str, name: str, **kwargs: Any) -> Non
         raise RuntimeError(f"calibration of {name} failed: {e}") from None
     if not bool(torch.isfinite(q.amax).all()):
         raise RuntimeError(f"calibration of {name} gave a non-finite amax ({q.amax})")
+
+
+def check_amax(model: nn.Module, when: str) -> int:
+    """Refuse a model whose enabled quantizers do not all hold a finite, positive ``amax``.
+
+    TensorRT rejects such a scale only at engine build time ("scale ... must all be positive"), far
+    from the cause; here the error names the quantizer (site), what is wrong and ``when`` (e.g.
+    "after calibration"). Returns how many quantizers were checked.
+    """
+    bad: list[str] = []
+    checked = 0
+    for kind, items in unique_quantizers(model).items():
+        for name, q in items:
+            if not q.is_enabled:
+                continue
+            checked += 1
+            amax = q.amax
+            if amax is None:
+                bad.append(f"{name}: never calibrated (no amax)")
+                continue
+            a = amax.detach().float().flatten()
+            problems = []
+            if not bool(torch.isfinite(a).all()):
+                problems.append(f"{int((~torch.isfinite(a)).sum())} non-finite")
+            finite = a[torch.isfinite(a)]
+            if bool((finite <= 0).any()):
+                problems.append(f"{int((finite == 0).sum())} zero, {int((finite < 0).sum())} negative")
+            if problems:
+                where = f" of {a.numel()} channels" if kind == "weight" and a.numel() > 1 else ""
+                bad.append(f"{name}: amax {', '.join(problems)}{where} (min {float(a.min()):.3g})")
+    if bad:
+        more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
+        raise UserError(
+            f"{len(bad)} quantizer(s) without a finite, positive amax {when}: {'; '.join(bad[:3])}{more} "
+            "- TensorRT refuses such scales; recalibrate (more --calib-batches, another --calib-method) or "
+            "keep the layer in float (--skip-layers)"
+        )
+    return checked
 
 
 def _images(batch: Any) -> torch.Tensor:
@@ -240,6 +291,7 @@ def calibrate(
     percentile: float | None = None,
     progress: bool = False,
     num_bins: int = DEFAULT_BINS,
+    ctx: DistContext | None = None,
 ) -> dict[str, Any]:
     """PTQ: set every quantizer's ``amax`` from ``n_batches`` of ``loader`` (``(uint8 images, ...)``
     tuples or image tensors), with fake quantization off while statistics are collected.
@@ -249,8 +301,12 @@ def calibrate(
     batches are read once and kept: a max pass fixes each quantizer's range, a second pass fills its
     histogram (see :mod:`yolov9_qat.quant.calib`). Weights: per-channel max. Tied quantizers are
     one object, so each tie group ends with one ``amax`` (:func:`sync_tied_amax` re-checks it).
-    Returns ``{"method", "batches", "images", "seconds"}``.
+    ``ctx`` (``torchrun``): every rank reads the same ``loader``, calibrates on its share of the
+    batches, and the ranges (MAX) and histograms (SUM) are reduced over the ranks, so every rank ends
+    with one process's ``amax`` for those batches. Returns ``{"method", "batches", "images",
+    "seconds"}`` (over all ranks).
     """
+    ctx = ctx or DistContext()
     if not hasattr(model, "qat"):
         raise UserError("calibrate() needs a model from prepare_qat_model()")
     method = check_method(method or model.qat["calib_method"])
@@ -263,6 +319,10 @@ def calibrate(
     batches = [_images(b) for b in itertools.islice(loader, n_batches)]
     if not batches:
         raise UserError("calibration got no batches (is the training set empty?)")
+    if len(batches) < ctx.world:
+        raise UserError(f"{len(batches)} calibration batch(es) for {ctx.world} processes: give more")
+    n_batches_all, n_images = len(batches), sum(int(b.shape[0]) for b in batches)
+    batches = ctx.share(batches)
     inputs = [(n, q) for n, q in unique_quantizers(model)["input"] if q.is_enabled]
     calibrate_weights(model)
     for _, q in inputs:
@@ -271,23 +331,35 @@ def calibrate(
         q.set_from_attribute_config({"calibrator": "max"})
     _collect(model, batches, inputs, device, progress, "calibrate (max)")
     for name, q in inputs:
+        if ctx.active and q._calibrator._calib_amax is not None:
+            _reduce(ctx, q._calibrator, "_calib_amax", "max", device)
         _load_amax(q, "max", name)
     if method != "max":
         for _, q in inputs:
             q._calibrator = FixedRangeHistogram(float(q.amax), q.num_bits, q.unsigned, num_bins)
         _collect(model, batches, inputs, device, progress, f"calibrate ({method})")
         for name, q in inputs:
+            if ctx.active and q._calibrator._calib_hist is not None:
+                _reduce(ctx, q._calibrator, "_calib_hist", "sum", device)
             _load_amax(q, method, name, **({"percentile": percentile} if method == "percentile" else {}))
     for _, q in inputs:
         q._calibrator.reset()  # frees the statistics
     sync_tied_amax(model)
+    check_amax(model, "after calibration")
     model.qat.update(calib_method=method, percentile=percentile, calibrated=True)
     model.to(device)  # the new amax buffers too
     model.train(was_training)
     seconds = time.perf_counter() - t0
-    n_images = sum(int(b.shape[0]) for b in batches)
     log.info("calibrated %d quantizers (%s) on %d images in %.1f s", len(inputs), method, n_images, seconds)
-    return {"method": method, "batches": len(batches), "images": n_images, "seconds": seconds}
+    return {"method": method, "batches": n_batches_all, "images": n_images, "seconds": seconds}
+
+
+def _reduce(ctx: DistContext, calibrator: Any, attr: str, op: str, device: torch.device) -> None:
+    """Reduce a calibrator's statistic over the ranks (on ``device``: nccl reduces CUDA tensors)."""
+    t = getattr(calibrator, attr)
+    x = t.to(device).contiguous()
+    ctx.all_reduce(x, op)
+    setattr(calibrator, attr, x.to(t.device))
 
 
 @torch.no_grad()
@@ -295,7 +367,7 @@ def sync_tied_amax(model: DetectionModel) -> int:
     """Give every tie group of the rules one ``amax`` (the group's max) where its sites hold
     different quantizer objects; returns how many quantizers were changed (0 when ties are objects)."""
     changed = 0
-    for group in rules.plan(model, model.qat["skip_layers"], placement_of(model)).tied():
+    for group in plan_of(model).tied():
         qs = {id(q): q for q in (getattr(model.get_submodule(p), a) for p, a in group)}
         if len(qs) < 2:
             continue
@@ -312,8 +384,7 @@ def sync_tied_amax(model: DetectionModel) -> int:
 def tie_violations(model: DetectionModel) -> list[str]:
     """Tie groups of the rules whose sites do not share one quantizer object or one ``amax``."""
     bad = []
-    skip = getattr(model, "qat", {}).get("skip_layers", ())
-    for group in rules.plan(model, skip, placement_of(model)).tied():
+    for group in plan_of(model).tied():
         qs = [getattr(model.get_submodule(p), a) for p, a in group]
         if all(q is qs[0] for q in qs):
             continue

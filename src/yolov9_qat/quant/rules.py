@@ -312,6 +312,23 @@ def _layer_sources(layer: nn.Module) -> list[int]:
     ]
 
 
+def head_output_paths(model: nn.Module) -> tuple[str, ...]:
+    """The module paths of the detect head's last 1x1 convs (the last module of each box and class
+    tower, per level): what ``head_float`` keeps in float, as both upstream tools do."""
+    layers = getattr(model, "model", None)
+    if layers is None or not len(layers):
+        return ()
+    i = len(layers) - 1
+    head = layers[i]
+    if not isinstance(head, DDetect):
+        return ()
+    out = []
+    for branch in ("cv2", "cv3"):
+        for level, tower in enumerate(getattr(head, branch)):
+            out.append(f"model.{i}.{branch}.{level}.{len(tower) - 1}")
+    return tuple(out)
+
+
 def skipped_paths(skip_layers: Iterable[int]) -> tuple[str, ...]:
     return tuple(f"model.{int(i)}" for i in skip_layers)
 
@@ -351,11 +368,17 @@ def check_model(model: nn.Module) -> None:
             )
 
 
-def plan(model: nn.Module, skip_layers: Iterable[int] = (), placement: str = DEFAULT_PLACEMENT) -> Plan:
+def plan(
+    model: nn.Module,
+    skip_layers: Iterable[int] = (),
+    placement: str = DEFAULT_PLACEMENT,
+    head_float: bool = False,
+) -> Plan:
     """The sites and tie groups that :data:`SITES`, :data:`RULES` and :data:`MODEL_RULES` give ``model``.
 
     Works on the float model and on its quantized form alike (same module paths). Layers in
-    ``skip_layers`` (indices into ``model.model``) get no quantizers and take part in no tie. The
+    ``skip_layers`` (indices into ``model.model``) get no quantizers and take part in no tie;
+    ``head_float`` keeps the head's last 1x1 convs float too (:func:`head_output_paths`). The
     ``ort`` placement adds :data:`ORT_SITES`; its exit ties come from :func:`flow_ties`, which needs
     the quantized model.
     """
@@ -364,6 +387,8 @@ def plan(model: nn.Module, skip_layers: Iterable[int] = (), placement: str = DEF
     skipped = skipped_paths(skip_layers)
     modules = dict(model.named_modules())
     floating = [p for p, m in modules.items() if rule_key(m) in FLOAT]
+    if head_float:
+        floating += head_output_paths(model)
     uf = _UnionFind()
     out = Plan()
     for path, m in modules.items():
@@ -546,7 +571,9 @@ def _amax_repr(q: Any) -> float | list[float] | None:
     return float(flat[0]) if flat.numel() == 1 else [float(v) for v in flat]
 
 
-def describe(model: nn.Module, skip_layers: Iterable[int] = ()) -> list[dict[str, Any]]:
+def describe(
+    model: nn.Module, skip_layers: Iterable[int] = (), head_float: bool = False
+) -> list[dict[str, Any]]:
     """One dict per quantizer site: ``path``, ``quantizer`` (attribute), ``kind`` (``input`` /
     ``weight``), ``layer`` (index into ``model.model``), ``block`` (the layer's type), ``group``
     (tie group id: equal ids share one scale), ``tied`` and, on a quantized model, ``enabled``,
@@ -567,7 +594,7 @@ def describe(model: nn.Module, skip_layers: Iterable[int] = ()) -> list[dict[str
 
     sites = quantizer_sites(model)
     if not sites:
-        p = plan(model, skip_layers)
+        p = plan(model, skip_layers, head_float=head_float)
         gid = p.group_of()
         sizes = [len(g) for g in p.groups]
         for s in p.sites:
