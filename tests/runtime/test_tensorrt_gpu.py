@@ -4,7 +4,6 @@ there is no CUDA device or no TensorRT; run with ``pytest -m gpu`` after ``pip i
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shutil
@@ -264,14 +263,14 @@ def test_benchmark_json_holds_every_field(engines: dict) -> None:
 
 
 def test_bench_tensorrt_with_resilience(onnx_files: dict[str, Path], cache_dir: Path) -> None:
+    from yolov9_qat.runtime.engine_options import EngineOptions
     from yolov9_qat.runtime.trt_cli import bench_tensorrt
 
-    args = argparse.Namespace(
-        model=str(onnx_files["qdq"]), precision="int8", img=None, device="", runner="polygraphy",
-        engine_cache=str(cache_dir), warmup_ms=50.0, duration_s=0.3, use_cuda_graph=True, use_spin_wait=True,
-        no_data_transfers=True, resilience=True, timing_cache=None, no_timing_cache=False, workspace=1.0,
+    options = EngineOptions(
+        precision="int8", engine_cache=str(cache_dir), warmup_ms=50.0, duration_s=0.3, use_cuda_graph=True,
+        use_spin_wait=True, no_data_transfers=True, resilience=True, workspace_gib=1.0,
     )  # fmt: skip
-    report = bench_tensorrt(args, batches=[1, 4])
+    report = bench_tensorrt(options, onnx_files["qdq"], batches=[1, 4])
     _check_report(report, [1, 4, "Resilience"])
     assert report["results"][-1]["batch"] == 8
     assert set(report["engines"]) == {"1", "4", "resilience"}
@@ -281,14 +280,15 @@ def test_bench_tensorrt_with_resilience(onnx_files: dict[str, Path], cache_dir: 
 
 @pytest.mark.skipif(shutil.which("trtexec") is None, reason="trtexec is not on PATH")
 def test_trtexec_runner(onnx_files: dict[str, Path], work: Path) -> None:
+    from yolov9_qat.runtime.engine_options import EngineOptions
     from yolov9_qat.runtime.trt_cli import bench_tensorrt
 
-    args = argparse.Namespace(
-        model=str(onnx_files["float"]), precision="fp16", img=None, device="", runner="trtexec", warmup_ms=50.0,
-        duration_s=0.5, use_cuda_graph=True, use_spin_wait=True, no_data_transfers=True, resilience=True,
-        timing_cache=str(work / "trtexec.timing.cache"), no_timing_cache=False, workspace=None, engine_dir=str(work / "trtexec"),
+    options = EngineOptions(
+        precision="fp16", runner="trtexec", warmup_ms=50.0, duration_s=0.5, use_cuda_graph=True,
+        use_spin_wait=True, no_data_transfers=True, resilience=True,
+        timing_cache=str(work / "trtexec.timing.cache"),
     )  # fmt: skip
-    report = bench_tensorrt(args, batches=[1, 4])
+    report = bench_tensorrt(options, onnx_files["float"], batches=[1, 4], engine_dir=work / "trtexec")
     _check_report(report, [1, 4, "Resilience"])
 
 

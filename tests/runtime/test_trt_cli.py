@@ -1,10 +1,12 @@
 """``build`` / ``bench --backend tensorrt`` / ``val --backend tensorrt`` argument handling on the CPU:
-bad input and a machine without CUDA or TensorRT end in one clear line; the build flow itself runs
-with the TensorRT builder function (and the machine facts it reads) replaced by stand-ins."""
+the parsers as shipped give every :class:`EngineOptions` field its dataclass default; bad input and a
+machine without CUDA or TensorRT end in one clear line; the build flow itself runs with the TensorRT
+builder function (and the machine facts it reads) replaced by stand-ins."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import types
 from pathlib import Path
@@ -12,10 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from yolov9_qat.cli import build_parser
 from yolov9_qat.errors import UserError
 from yolov9_qat.runtime import tensorrt as rt
 from yolov9_qat.runtime import trt_cli
 from yolov9_qat.runtime.engine_cache import BuildOptions, ShapeProfile, Target, sidecar_paths
+from yolov9_qat.runtime.engine_options import GROUPS, EngineOptions, add_engine_args
 from yolov9_qat.runtime.precision_graphs import autocast_missing
 
 pytestmark = pytest.mark.cpu
@@ -74,13 +78,12 @@ def onnx_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def build_args(onnx: Path | str, **kw: object) -> argparse.Namespace:
-    p = argparse.ArgumentParser()
-    trt_cli.add_build_arguments(p)
-    argv = ["--onnx", str(onnx)]
+    """``yolov9-qat build --onnx ONNX --<k> <v> ...`` through the shipped parser."""
+    argv = ["build", "--onnx", str(onnx)]
     for k, v in kw.items():
         flag = "--" + k.replace("_", "-")
         argv += [flag] if v is True else [flag, str(v)]
-    return p.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def assert_one_line(e: pytest.ExceptionInfo[UserError], *words: str) -> None:
@@ -90,45 +93,127 @@ def assert_one_line(e: pytest.ExceptionInfo[UserError], *words: str) -> None:
         assert w in msg, msg
 
 
-# --- arguments -------------------------------------------------------------------------------------
+# --- arguments: the parsers as shipped ------------------------------------------------------------
+FIELDS = {f.name for f in dataclasses.fields(EngineOptions)}
+SHAPES = {"min_shapes", "opt_shapes", "max_shapes"}
+LOOP = {"use_cuda_graph", "use_spin_wait", "no_data_transfers", "resilience", "warmup_ms", "duration_s"}
+MINIMAL = {  # the least each command takes, and the fields its parser should reach
+    "build": (["build", "--onnx", "float.onnx"], FIELDS - LOOP),
+    "val": (["val", "--backend", "tensorrt", "--weights", "float.onnx", "--data", "d.yaml"], FIELDS - SHAPES - LOOP),
+    "bench": (["bench", "--backend", "tensorrt", "--model", "float.onnx"], FIELDS - SHAPES),
+}  # fmt: skip
+OWN_DEFAULTS = {"val": {"img": 640}}  # a command's own flag with its own default
+
+
+@pytest.mark.parametrize("command", sorted(MINIMAL))
+def test_shipped_parsers_take_the_dataclass_defaults(command: str) -> None:
+    """``bench`` / ``val`` / ``build`` as shipped: precision ``auto`` (no flag of a command shadows the
+    tier's), every field the command should have is reachable, and the defaults are the dataclass's."""
+    argv, fields = MINIMAL[command]
+    args = build_parser().parse_args(argv)
+    assert FIELDS & set(vars(args)) == fields
+    options = EngineOptions.from_namespace(args)
+    assert options.precision == "auto"
+    assert options == EngineOptions(**OWN_DEFAULTS.get(command, {}))
+
+
+SET_ALL = {
+    "precision": ("--precision", "int8", "int8"),
+    "timing_cache": ("--timing-cache", "t.cache", "t.cache"),
+    "no_timing_cache": ("--no-timing-cache", None, True),
+    "workspace_gib": ("--workspace", "2", 2.0),
+    "builder_optimization_level": ("--builder-optimization-level", "3", 3),
+    "runner": ("--runner", "trtexec", "trtexec"),
+    "engine_cache": ("--engine-cache", "engines", "engines"),
+    "device": ("--device", "1", "1"),
+    "min_shapes": ("--min-shapes", "images:1x3x64x64", "images:1x3x64x64"),
+    "opt_shapes": ("--opt-shapes", "images:4x3x64x64", "images:4x3x64x64"),
+    "max_shapes": ("--max-shapes", "images:8x3x64x64", "images:8x3x64x64"),
+    "img": ("--img", "320", 320),
+    "use_cuda_graph": ("--use-cuda-graph", None, True),
+    "use_spin_wait": ("--use-spin-wait", None, True),
+    "no_data_transfers": ("--no-data-transfers", None, True),
+    "resilience": ("--resilience", None, True),
+    "warmup_ms": ("--warmup", "50", 50.0),
+    "duration_s": ("--duration", "0.5", 0.5),
+}
+
+
+def test_set_all_covers_every_field() -> None:
+    assert set(SET_ALL) == FIELDS
+
+
+@pytest.mark.parametrize("command", sorted(MINIMAL))
+def test_shipped_parsers_set_every_field(command: str) -> None:
+    """Each field the command should have, set from its flag, arrives in :class:`EngineOptions`."""
+    argv, fields = MINIMAL[command]
+    for name in sorted(fields):
+        flag, value, _ = SET_ALL[name]
+        argv = [*argv, flag] if value is None else [*argv, flag, value]
+    options = EngineOptions.from_namespace(build_parser().parse_args(argv))
+    assert options == EngineOptions(**{name: SET_ALL[name][2] for name in fields})
+
+
+def test_shipped_bench_keeps_its_own_loop_flags() -> None:
+    """bench's own --warm-up spelling and --batch stay bench's; a bad --precision is argparse's error."""
+    args = build_parser().parse_args(
+        [*MINIMAL["bench"][0], "--warm-up", "200", "--batch", "1,4", "--use-cuda-graph", "--device", "0"]
+    )
+    options = EngineOptions.from_namespace(args)
+    assert (options.warmup_ms, options.duration_s, options.device) == (200.0, 10.0, "0")
+    assert options.use_cuda_graph and not options.resilience and args.batch == "1,4"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([*MINIMAL["bench"][0], "--precision", "int4"])
+
+
 def test_build_arguments_parse(tmp_path: Path) -> None:
     args = build_args(
         "m.onnx", precision="int8", min_shapes="images:1x3x640x640", opt_shapes="images:4x3x640x640",
         max_shapes="images:8x3x640x640", timing_cache="t.cache", save_engine="m.engine", workspace=4,
         generate_graph=True, runner="trtexec",
     )  # fmt: skip
-    assert (args.precision, args.min_shapes, args.max_shapes, args.workspace) == (
+    options = EngineOptions.from_namespace(args)
+    assert (options.precision, options.min_shapes, options.max_shapes, options.workspace_gib) == (
         "int8",
         "images:1x3x640x640",
         "images:8x3x640x640",
         4.0,
     )
-    assert args.generate_graph and args.runner == "trtexec" and args.save_engine == "m.engine"
+    assert args.generate_graph and options.runner == "trtexec" and args.save_engine == "m.engine"
     with pytest.raises(SystemExit):
         build_args("m.onnx", precision="int4")
 
 
-def test_bench_and_val_arguments_share_a_parser() -> None:
+def test_engine_options_check_their_values() -> None:
+    for kw, words in (
+        ({"precision": "int4"}, ("--precision 'int4'", "auto")),
+        ({"runner": "x"}, ("--runner",)),
+    ):
+        with pytest.raises(UserError) as e:
+            EngineOptions(**kw)
+        assert_one_line(e, *words)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        EngineOptions().precision = "fp16"  # type: ignore[misc]
+    for f in dataclasses.fields(EngineOptions):
+        assert f.metadata["help"] and f.metadata["group"] in GROUPS, f.name
+
+
+def test_from_namespace_takes_the_fields_it_finds() -> None:
+    ns = argparse.Namespace(precision="fp16", img=320, batch_size=4, weights="w.onnx")
+    assert EngineOptions.from_namespace(ns) == EngineOptions(precision="fp16", img=320)
+    assert EngineOptions.from_namespace(argparse.Namespace()) == EngineOptions()
+
+
+def test_add_engine_args_does_not_skip_a_flag_the_parser_has() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--img", type=int, default=640)  # the bench command's own flags stay
-    p.add_argument("--device", default="cpu")
-    trt_cli.add_trt_bench_arguments(p)
-    trt_cli.add_trt_val_arguments(p)  # adds nothing twice
-    args = p.parse_args(
-        ["--use-cuda-graph", "--use-spin-wait", "--no-data-transfers", "--resilience", "--warm-up", "200"]
-    )
-    assert args.use_cuda_graph and args.use_spin_wait and args.no_data_transfers and args.resilience
-    assert (args.warmup_ms, args.duration_s, args.img, args.device, args.precision) == (
-        200.0,
-        10.0,
-        640,
-        "cpu",
-        "auto",
-    )
-    defaults = p.parse_args([])
-    assert not (
-        defaults.use_cuda_graph or defaults.use_spin_wait or defaults.no_data_transfers or defaults.resilience
-    )
+    p.add_argument("--img", type=int, default=640)
+    with pytest.raises(argparse.ArgumentError):
+        add_engine_args(p, groups=("img",))
+    with pytest.raises(ValueError, match="unknown option group"):
+        add_engine_args(argparse.ArgumentParser(), groups=("engines",))
+    p = argparse.ArgumentParser()
+    add_engine_args(p, groups=GROUPS)
+    assert EngineOptions.from_namespace(p.parse_args([])) == EngineOptions()
 
 
 @pytest.mark.parametrize(
@@ -265,37 +350,34 @@ def test_import_tensorrt_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) ->
 
 
 # --- val / bench without a GPU ---------------------------------------------------------------------
-def val_args(weights: Path | str, **kw: object) -> argparse.Namespace:
-    return argparse.Namespace(weights=str(weights), img=64, batch_size=4, device="", precision="auto", **kw)
+def val_predictor(weights: Path | str, **kw: object) -> object:
+    """``tensorrt_val_predictor`` as ``val --img 64 --batch-size 4`` calls it."""
+    return trt_cli.tensorrt_val_predictor(EngineOptions(img=64, **kw), weights, batch_size=4)
 
 
 @pytest.mark.skipif(not rt.missing_gpu_stack(), reason="this machine has CUDA and TensorRT")
 def test_val_without_gpu_or_tensorrt(onnx_files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(UserError) as e:
-        trt_cli.tensorrt_val_predictor(val_args(onnx_files["float"]))
+        val_predictor(onnx_files["float"])
     assert_one_line(e, "val --backend tensorrt", "yolov9-qat[gpu]")
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"x")
     with pytest.raises(UserError) as e:
-        trt_cli.tensorrt_val_predictor(val_args(engine))
+        val_predictor(engine)
     assert_one_line(e, "val --backend tensorrt")
 
 
 def test_val_input_errors(onnx_files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no such file"):
-        trt_cli.tensorrt_val_predictor(val_args(tmp_path / "none.onnx"))
+        val_predictor(tmp_path / "none.onnx")
     pt = tmp_path / "best.pt"
     pt.write_bytes(b"x")
     with pytest.raises(UserError, match=r"an \.onnx file or a TensorRT engine"):
-        trt_cli.tensorrt_val_predictor(val_args(pt))
+        val_predictor(pt)
     with pytest.raises(UserError, match="fixed at 64x64"):
-        trt_cli.tensorrt_val_predictor(
-            argparse.Namespace(weights=str(onnx_files["float"]), img=640, batch_size=4, device="")
-        )
+        trt_cli.tensorrt_val_predictor(EngineOptions(img=640), onnx_files["float"], batch_size=4)
     with pytest.raises(UserError, match="--device cpu"):
-        trt_cli.tensorrt_val_predictor(
-            argparse.Namespace(weights=str(onnx_files["float"]), img=64, batch_size=4, device="cpu")
-        )
+        val_predictor(onnx_files["float"], device="cpu")
 
 
 def test_val_checks_the_class_count(tmp_path: Path, onnx_files: dict[str, Path]) -> None:
@@ -307,29 +389,29 @@ def test_val_checks_the_class_count(tmp_path: Path, onnx_files: dict[str, Path])
     path = tmp_path / "meta.onnx"
     onnx.save(model, str(path))
     with pytest.raises(UserError, match="predicts 10 classes, the data set has 3"):
-        trt_cli.tensorrt_val_predictor(val_args(path), data={"names": ["a", "b", "c"]})
+        trt_cli.tensorrt_val_predictor(
+            EngineOptions(img=64), path, batch_size=4, data={"names": ["a", "b", "c"]}
+        )
 
 
 @pytest.mark.skipif(not rt.missing_gpu_stack(), reason="this machine has CUDA and TensorRT")
 def test_bench_without_gpu(onnx_files: dict[str, Path]) -> None:
-    args = argparse.Namespace(
-        model=str(onnx_files["float"]), precision="auto", device="", img=None, runner="polygraphy"
-    )
+    options, model = EngineOptions(), onnx_files["float"]
     with pytest.raises(UserError) as e:
-        trt_cli.make_trt_runner(args)
+        trt_cli.make_trt_runner(options, model)
     assert_one_line(e, "TensorRT benchmark", "yolov9-qat[gpu]")
     with pytest.raises(UserError) as e:
-        trt_cli.bench_tensorrt(args, batches=[1])
+        trt_cli.bench_tensorrt(options, model, batches=[1])
     assert_one_line(e, "TensorRT benchmark")
 
 
 def test_bench_input_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="--model is required"):
-        trt_cli.make_trt_runner(argparse.Namespace())
+        trt_cli.make_trt_runner(EngineOptions(), None)
     other = tmp_path / "m.pt"
     other.write_bytes(b"x")
     with pytest.raises(UserError, match=r"expected an \.onnx file or a TensorRT engine"):
-        trt_cli.make_trt_runner(argparse.Namespace(model=str(other)))
+        trt_cli.make_trt_runner(EngineOptions(), other)
 
 
 # --- precision mapping -----------------------------------------------------------------------------
@@ -507,12 +589,11 @@ def test_strongly_typed_build_uses_the_autocast_graph(
 
 def test_shipped_bench_parser_takes_the_tiers_precision(onnx_files: dict[str, Path]) -> None:
     """The parser as shipped: ``bench`` has no --precision of its own shadowing the tier's ``auto``."""
-    from yolov9_qat.cli import build_parser
-
     args = build_parser().parse_args(["bench", "--backend", "tensorrt", "--model", str(onnx_files["float"])])
-    assert args.precision == "auto"
-    assert trt_cli.resolve_precision(args.precision, onnx_files["float"]) == "fp16"
-    assert trt_cli.resolve_precision(args.precision, onnx_files["qdq"]) == "mp"
+    precision = EngineOptions.from_namespace(args).precision
+    assert precision == "auto"
+    assert trt_cli.resolve_precision(precision, onnx_files["float"]) == "fp16"
+    assert trt_cli.resolve_precision(precision, onnx_files["qdq"]) == "mp"
 
 
 @pytest.mark.skipif(not rt.missing_gpu_stack(), reason="this machine has CUDA and TensorRT")
@@ -525,7 +606,7 @@ def test_bench_float_onnx_without_gpu_names_what_is_missing(onnx_files: dict[str
         [sys.executable, "-m", "yolov9_qat", "bench", "--backend", "tensorrt", "--model", str(onnx_files["float"])],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "needs an NVIDIA GPU with TensorRT" in lines[0], proc.stderr
     assert "Q/DQ" not in lines[0]

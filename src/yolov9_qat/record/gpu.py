@@ -88,17 +88,13 @@ class GpuRecord:
         def build(tmp: Path) -> None:
             from yolov9_qat.data.config import load_data_yaml
             from yolov9_qat.eval.evaluator import Evaluator
+            from yolov9_qat.runtime.engine_options import EngineOptions
             from yolov9_qat.runtime.trt_cli import tensorrt_val_predictor
 
             data = load_data_yaml(self.data)
-            ns = argparse.Namespace(
-                weights=str(folder / "int8.onnx"),
-                img=self.img,
-                batch_size=32,
-                device=self.device,
-                precision="int8",
-            )
-            result = Evaluator.for_data(data, self.img, batch_size=32).run(tensorrt_val_predictor(ns, data))
+            options = EngineOptions(precision="int8", img=self.img, device=self.device)
+            predict = tensorrt_val_predictor(options, folder / "int8.onnx", batch_size=32, data=data)
+            result = Evaluator.for_data(data, self.img, batch_size=32).run(predict)
             (tmp / "metrics.json").write_text(json.dumps(result, default=str))
 
         out = self.cache.get("gpu_val", {**self._key(act), "gpu": self.gpu}, build, CODE)
@@ -126,17 +122,19 @@ class GpuRecord:
 
     def bench_report(self, act: str, precision: str) -> dict[str, Any]:
         """The ``bench --backend tensorrt`` report of one activation and precision (cached)."""
+        from yolov9_qat.runtime.engine_options import EngineOptions
         from yolov9_qat.runtime.trt_cli import bench_tensorrt
 
         onnx = self.models(act) / ("fp32.onnx" if precision == "fp16" else "int8.onnx")
 
         def build(tmp: Path) -> None:
-            ns = argparse.Namespace(
-                model=str(onnx), precision=precision, img=self.img, device=self.device, warmup_ms=self.warmup_ms,
+            options = EngineOptions(
+                precision=precision, img=self.img, device=self.device, warmup_ms=self.warmup_ms,
                 duration_s=self.duration_s, use_cuda_graph=True, use_spin_wait=True, no_data_transfers=True,
                 resilience=True, runner="polygraphy",
             )  # fmt: skip
-            (tmp / "bench.json").write_text(json.dumps(bench_tensorrt(ns, list(self.batches)), default=str))
+            report = bench_tensorrt(options, onnx, self.batches)
+            (tmp / "bench.json").write_text(json.dumps(report, default=str))
 
         key = {
             **self._key(act),

@@ -11,91 +11,41 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from yolov9_qat.errors import UserError
 from yolov9_qat.runtime.engine_cache import (
-    PRECISIONS,
     BuildOptions,
     ShapeProfile,
     parse_shape_spec,
     sidecar_paths,
 )
+from yolov9_qat.runtime.engine_options import EngineOptions, add_engine_args
 from yolov9_qat.runtime.precision_graphs import check_precision, default_precision, graph_info
 
 log = logging.getLogger("yolov9_qat.runtime")
 
-RUNNERS = ("polygraphy", "trtexec")
-PRECISION_CHOICES = ("auto", *PRECISIONS)
 DEPLOY_PROFILE = (1, 4, 8)  # the record's deployment engine: min 1, opt 4, max 8
 RESILIENCE = {"min": 1, "opt": 4, "max": 8, "batch": 8}  # DESIGN.md: that engine measured at batch 8
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-def _add(p: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
-    """``add_argument`` unless the parser already has one of these flags (shared by bench / val)."""
-    if any(f in p._option_string_actions for f in flags):
-        return
-    p.add_argument(*flags, **kw)
-
-
-def _add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    _add(p, "--precision", choices=PRECISION_CHOICES, default="auto",
-         help="fp32 | fp16 (float graph) | int8 | mp (Q/DQ graph; mp = INT8 + FP16, the record's "
-              "--int8 --fp16); auto: mp for a Q/DQ graph, fp16 otherwise")  # fmt: skip
-    _add(p, "--timing-cache", default=None,
-         help="timing cache file (default: <onnx stem>.engine.timing.cache beside the ONNX)")  # fmt: skip
-    _add(p, "--no-timing-cache", action="store_true", help="build without a timing cache")
-    _add(p, "--workspace", type=float, default=None, help="builder workspace limit in GiB")
-    _add(
-        p,
-        "--builder-optimization-level",
-        type=int,
-        default=None,
-        help="TensorRT builder optimization level 0..5",
-    )
-    _add(
-        p,
-        "--runner",
-        choices=RUNNERS,
-        default="polygraphy",
-        help="build / measure with polygraphy or trtexec",
-    )
-    _add(p, "--engine-cache", default=None, help="engine cache folder (default ~/.cache/yolov9_qat/engines)")
-    _add(p, "--device", default="", help="CUDA device index")
-
-
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
-    """Flags of ``yolov9-qat build``."""
-    _add(p, "--onnx", required=True, help="ONNX file (plain or end-to-end; float or Q/DQ)")
-    _add(p, "--min-shapes", default=None, help="e.g. images:1x3x640x640 (default: batch 1)")
-    _add(p, "--opt-shapes", default=None, help="e.g. images:4x3x640x640 (default: batch 4)")
-    _add(p, "--max-shapes", default=None, help="e.g. images:8x3x640x640 (default: batch 8)")
-    _add(p, "--img", "--imgsz", type=int, default=None, help="image size when the ONNX input size is dynamic")
-    _add(p, "--save-engine", default=None, help="engine path (default: <onnx stem>.<precision>.engine)")
-    _add(p, "--generate-graph", action="store_true", help="also render the engine graph as SVG")
-    _add(p, "--json-out", default=None, help="also write the build summary here")
-    _add_engine_arguments(p)
-
-
-def add_trt_bench_arguments(p: argparse.ArgumentParser) -> None:
-    """TensorRT flags of ``bench`` (trtexec's method); flags the parser already has are left alone."""
-    _add(p, "--warm-up", dest="warmup_ms", type=float, default=500.0, help="warm-up in ms (trtexec --warmUp)")
-    _add(p, "--duration", dest="duration_s", type=float, default=10.0, help="measuring time per batch in s")
-    _add(p, "--use-cuda-graph", action="store_true", help="launch inferences as a captured CUDA graph")
-    _add(p, "--use-spin-wait", action="store_true", help="spin on the GPU event instead of a blocking wait")
-    _add(p, "--no-data-transfers", action="store_true", help="no host <-> device copies in the loop")
-    _add(p, "--resilience", action="store_true",
-         help="add the 'Resilience' row: the min 1 / opt 4 / max 8 engine measured at batch 8")  # fmt: skip
-    _add(p, "--img", "--imgsz", type=int, default=None, help="image size when the ONNX input size is dynamic")
-    _add_engine_arguments(p)
+    """The flags ``yolov9-qat build`` owns (its engine flags come from :func:`add_engine_args`)."""
+    p.add_argument("--onnx", required=True, help="ONNX file (plain or end-to-end; float or Q/DQ)")
+    p.add_argument(
+        "--save-engine", default=None, help="engine path (default: <onnx stem>.<precision>.engine)"
+    )
+    p.add_argument("--generate-graph", action="store_true", help="also render the engine graph as SVG")
+    p.add_argument("--json-out", default=None, help="also write the build summary here")
 
 
 def add_trt_val_arguments(p: argparse.ArgumentParser) -> None:
-    """TensorRT flags of ``val`` (the parser's own ``--img`` / ``--batch-size`` / ``--device`` are used)."""
-    _add_engine_arguments(p)
+    """The ``--backend tensorrt`` flags of a parser that owns ``--img`` and ``--device`` (``detect``)."""
+    add_engine_args(p, groups=("engine",))
 
 
 # --- resolving arguments ---------------------------------------------------------------------------
@@ -197,30 +147,27 @@ def resolve_profile(
     return profile
 
 
-def _timing_cache(args: argparse.Namespace, onnx: Path) -> str | None:
-    if getattr(args, "no_timing_cache", False):
+def _timing_cache(options: EngineOptions, onnx: Path) -> str | None:
+    if options.no_timing_cache:
         return None
-    tc = getattr(args, "timing_cache", None)
+    tc = options.timing_cache
     return str(tc) if tc else str(onnx.with_name(onnx.stem + ".engine.timing.cache"))
 
 
-def build_options(
-    args: argparse.Namespace, onnx: Path, precision: str, profile: ShapeProfile
-) -> BuildOptions:
+def build_options(options: EngineOptions, onnx: Path, precision: str, profile: ShapeProfile) -> BuildOptions:
+    """The engine cache's :class:`BuildOptions` for ``onnx`` at ``precision`` / ``profile``."""
     return BuildOptions(
         precision,
         profile,
-        workspace_gib=getattr(args, "workspace", None),
-        optimization_level=getattr(args, "builder_optimization_level", None),
-        timing_cache=_timing_cache(args, onnx),
+        workspace_gib=options.workspace_gib,
+        optimization_level=options.builder_optimization_level,
+        timing_cache=_timing_cache(options, onnx),
     )
 
 
 def _check_environment(what: str, runner: str) -> None:
     from yolov9_qat.runtime.tensorrt import require_gpu_stack
 
-    if runner not in RUNNERS:
-        raise UserError(f"--runner {runner!r}: choose one of {', '.join(RUNNERS)}")
     if runner == "trtexec":
         from yolov9_qat.runtime.trtexec import find_trtexec
 
@@ -236,29 +183,22 @@ def cmd_build(args: argparse.Namespace) -> int:
     from yolov9_qat.runtime.tensorrt import build_cached, device_index
     from yolov9_qat.utils.files import atomic_write_json
 
-    onnx = _onnx_path(getattr(args, "onnx", None))
+    options = EngineOptions.from_namespace(args)
+    onnx = _onnx_path(args.onnx)
     info = graph_info(onnx)
-    precision = resolve_precision(getattr(args, "precision", "auto"), onnx, info)
-    profile = resolve_profile(
-        info, getattr(args, "min_shapes", None), getattr(args, "opt_shapes", None), getattr(args, "max_shapes", None),
-        getattr(args, "img", None),
-    )  # fmt: skip
-    options = build_options(args, onnx, precision, profile)
-    runner = getattr(args, "runner", "polygraphy") or "polygraphy"
-    device = device_index(getattr(args, "device", ""))
-    _check_environment("yolov9-qat build", runner)
-    save = (
-        Path(args.save_engine)
-        if getattr(args, "save_engine", None)
-        else onnx.with_name(f"{onnx.stem}.{precision}.engine")
-    )
+    precision = resolve_precision(options.precision, onnx, info)
+    profile = resolve_profile(info, options.min_shapes, options.opt_shapes, options.max_shapes, options.img)
+    build = build_options(options, onnx, precision, profile)
+    device = device_index(options.device)
+    _check_environment("yolov9-qat build", options.runner)
+    save = Path(args.save_engine) if args.save_engine else onnx.with_name(f"{onnx.stem}.{precision}.engine")
     cached = build_cached(
         onnx,
-        options,
-        cache_dir=getattr(args, "engine_cache", None),
+        build,
+        cache_dir=options.engine_cache,
         save_engine=save,
         device=device,
-        runner=runner,
+        runner=options.runner,
     )
     how = "cache hit" if cached.hit else f"built in {cached.build_s:.1f} s"
     print(f"engine: {save} ({precision}, {how}; cache {cached.engine})")
@@ -280,25 +220,24 @@ def cmd_build(args: argparse.Namespace) -> int:
         },
         "layers": summary,
     }
-    if getattr(args, "generate_graph", False):
+    if args.generate_graph:
         graph_json = save.with_name(save.name + ".graph.json")
         if graph_json.is_file():
             result["graph"] = str(render_svg(graph_json, save.with_name(save.name + ".svg")))
             print(f"graph: {result['graph']}")
         else:
             print("graph: no layer information was recorded for this engine")
-    if getattr(args, "json_out", None):
+    if args.json_out:
         atomic_write_json(args.json_out, result)
     return 0
 
 
 # --- bench -----------------------------------------------------------------------------------------
-def _bench_source(args: argparse.Namespace) -> tuple[Path, bool]:
-    """``--model`` (or ``--onnx`` / ``--weights``): (path, is_engine)."""
-    path = getattr(args, "model", None) or getattr(args, "onnx", None) or getattr(args, "weights", None)
-    if not path:
+def _bench_source(model: str | Path | None) -> tuple[Path, bool]:
+    """``--model``: (path, is_engine)."""
+    if not model:
         raise UserError("--model is required (an .onnx file or a TensorRT engine)")
-    p = Path(path)
+    p = Path(model)
     if not p.is_file():
         raise UserError(f"--model {p}: no such file")
     if p.suffix.lower() in ENGINE_SUFFIXES:
@@ -310,76 +249,80 @@ def _bench_source(args: argparse.Namespace) -> tuple[Path, bool]:
     return p, False
 
 
-def _engines_for(args: argparse.Namespace, profile_for: Any) -> tuple[Any, str]:
-    """(batch -> engine path, precision) for ``--model``: per-batch engines built through the cache
-    from an ONNX (``profile_for(batch)`` gives the profile), or the given engine for every batch."""
+def _engines_for(
+    options: EngineOptions, model: str | Path | None, profile_for: Callable[..., ShapeProfile]
+) -> tuple[Callable[[int], Path], str]:
+    """(batch -> engine path, precision) for ``model``: per-batch engines built through the cache
+    from an ONNX (``profile_for(info, batch, chw, name)`` gives the profile), or the given engine for
+    every batch."""
     from yolov9_qat.runtime.tensorrt import build_cached, device_index
 
-    path, is_engine = _bench_source(args)
-    runner = getattr(args, "runner", "polygraphy") or "polygraphy"
-    device = device_index(getattr(args, "device", ""))
+    path, is_engine = _bench_source(model)
+    device = device_index(options.device)
     if is_engine:
         _check_environment("the TensorRT benchmark", "polygraphy")
-        precision = getattr(args, "precision", None)
-        if precision in (None, "", "auto"):
+        precision = options.precision
+        if precision == "auto":
             meta = sidecar_paths(path)["meta"]
             precision = (
                 json.loads(meta.read_text()).get("inputs", {}).get("precision", "") if meta.is_file() else ""
             )
         return (lambda batch: path), str(precision)
     info = graph_info(path)
-    precision = resolve_precision(getattr(args, "precision", "auto"), path, info)
-    name, chw = image_input(info, getattr(args, "img", None))
-    _check_environment("the TensorRT benchmark", runner)
+    precision = resolve_precision(options.precision, path, info)
+    name, chw = image_input(info, options.img)
+    _check_environment("the TensorRT benchmark", options.runner)
     built: dict[int, Path] = {}
 
     def engine_for(batch: int) -> Path:
         if batch not in built:
             profile = profile_for(info, batch, chw, name)
-            options = build_options(args, path, precision, profile)
             cached = build_cached(
-                path, options, cache_dir=getattr(args, "engine_cache", None), device=device, runner=runner
-            )
+                path, build_options(options, path, precision, profile), cache_dir=options.engine_cache,
+                device=device, runner=options.runner,
+            )  # fmt: skip
             built[batch] = cached.engine
         return built[batch]
 
     return engine_for, precision
 
 
-def _runner_flags(args: argparse.Namespace) -> dict[str, Any]:
+def _runner_flags(options: EngineOptions) -> dict[str, Any]:
     from yolov9_qat.runtime.tensorrt import device_index
 
     return {
-        "device": device_index(getattr(args, "device", "")),
-        "use_cuda_graph": bool(getattr(args, "use_cuda_graph", False)),
-        "spin_wait": bool(getattr(args, "use_spin_wait", False)),
-        "no_data_transfers": bool(getattr(args, "no_data_transfers", False)),
+        "device": device_index(options.device),
+        "use_cuda_graph": options.use_cuda_graph,
+        "spin_wait": options.use_spin_wait,
+        "no_data_transfers": options.no_data_transfers,
     }
 
 
-def make_trt_runner(args: argparse.Namespace) -> Any:
+def make_trt_runner(options: EngineOptions, model: str | Path | None) -> Any:
     """The harness runner for ``bench --backend tensorrt``: one engine per batch size ``b`` with the
-    record's benchmark profile (min 1, opt = max = b), built through the engine cache; or the given
-    engine for every batch."""
+    record's benchmark profile (min 1, opt = max = b), built from the ONNX ``model`` through the
+    engine cache; or, when ``model`` is an engine, that engine for every batch."""
     from yolov9_qat.runtime.tensorrt import TensorRTRunner
 
     engines, precision = _engines_for(
-        args, lambda info, b, chw, name: batch_profile(info, chw, name, 1, b, b)
+        options, model, lambda info, b, chw, name: batch_profile(info, chw, name, 1, b, b)
     )
-    runner = TensorRTRunner(engines, **_runner_flags(args))
+    runner = TensorRTRunner(engines, **_runner_flags(options))
     runner.precision = precision  # type: ignore[attr-defined]
     return runner
 
 
-def make_resilience_runner(args: argparse.Namespace) -> Any:
+def make_resilience_runner(options: EngineOptions, model: str | Path | None) -> Any:
     """The runner of the "Resilience" row: the (min 1, opt 4, max 8) engine; measure it at batch 8."""
     from yolov9_qat.runtime.tensorrt import TensorRTRunner
 
     r = RESILIENCE
     engines, precision = _engines_for(
-        args, lambda info, b, chw, name: batch_profile(info, chw, name, r["min"], r["opt"], r["max"])
+        options,
+        model,
+        lambda info, b, chw, name: batch_profile(info, chw, name, r["min"], r["opt"], r["max"]),
     )
-    runner = TensorRTRunner(engines, **_runner_flags(args))
+    runner = TensorRTRunner(engines, **_runner_flags(options))
     runner.precision = precision  # type: ignore[attr-defined]
     return runner
 
@@ -394,39 +337,38 @@ def engine_layers(engine: str | Path) -> dict[str, Any] | None:
     return {k: v for k, v in data.items() if k not in ("layers",)}
 
 
-def bench_tensorrt(args: argparse.Namespace, batches: list[int] | None = None) -> dict[str, Any]:
-    """``bench --backend tensorrt`` in one call: every batch size, the Resilience row with
-    ``--resilience``, the engines' layer summaries and, for INT8 / MP engines, the reasons INT8 may
-    not beat FP16. ``--runner trtexec`` drives trtexec instead and parses its summaries. Returns the
+def bench_tensorrt(
+    options: EngineOptions,
+    model: str | Path | None,
+    batches: Sequence[int],
+    engine_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """``bench --backend tensorrt`` in one call: ``model`` (ONNX or engine) at every batch size in
+    ``batches``, the Resilience row with ``options.resilience``, the engines' layer summaries and, for
+    INT8 / MP engines, the reasons INT8 may not beat FP16. ``runner="trtexec"`` drives trtexec instead
+    and parses its summaries (its engines go to ``engine_dir``, default beside the ONNX). Returns the
     harness's report layout (``results`` entries may carry ``label``)."""
-    from yolov9_qat.bench.harness import BenchConfig, measure, parse_batches, run_benchmark
+    from yolov9_qat.bench.harness import BenchConfig, measure, run_benchmark
     from yolov9_qat.runtime.inspect_engine import explain_int8
 
-    if batches is None:
-        raw = getattr(args, "batch", None) or "1,4,8,12,16"
-        batches = parse_batches(
-            raw if isinstance(raw, str) else [int(b) for b in ([raw] if isinstance(raw, int) else raw)]
-        )
-    config = BenchConfig(
-        warmup_ms=float(getattr(args, "warmup_ms", 500.0)),
-        duration_s=float(getattr(args, "duration_s", 10.0)),
-    )
-    if (getattr(args, "runner", "polygraphy") or "polygraphy") == "trtexec":
-        report = _bench_trtexec(args, batches)
+    batches = list(batches)
+    config = BenchConfig(warmup_ms=float(options.warmup_ms), duration_s=float(options.duration_s))
+    if options.runner == "trtexec":
+        report = _bench_trtexec(options, model, batches, engine_dir)
     else:
-        runner = make_trt_runner(args)
+        runner = make_trt_runner(options, model)
         report = run_benchmark(
-            runner, batches, config, model=str(_bench_source(args)[0]), precision=runner.precision
+            runner, batches, config, model=str(_bench_source(model)[0]), precision=runner.precision
         )
         engines = dict(runner.engines_used)
-        if getattr(args, "resilience", False):
-            res = make_resilience_runner(args)
+        if options.resilience:
+            res = make_resilience_runner(options, model)
             row = asdict(measure(res.prepare(RESILIENCE["batch"]), RESILIENCE["batch"], config))
             row["label"] = "Resilience"
             report["results"].append(row)
             engines["resilience"] = res.engines_used[RESILIENCE["batch"]]
         report["runner"] = "polygraphy"
-        report["flags"] = {k: v for k, v in _runner_flags(args).items() if k != "device"}
+        report["flags"] = {k: v for k, v in _runner_flags(options).items() if k != "device"}
         report["engines"] = {str(k): {"engine": v, "layers": engine_layers(v)} for k, v in engines.items()}
     if report.get("precision") in ("int8", "mp"):
         notes: list[str] = []
@@ -438,18 +380,20 @@ def bench_tensorrt(args: argparse.Namespace, batches: list[int] | None = None) -
     return report
 
 
-def _bench_trtexec(args: argparse.Namespace, batches: list[int]) -> dict[str, Any]:
+def _bench_trtexec(
+    options: EngineOptions, model: str | Path | None, batches: list[int], engine_dir: str | Path | None = None
+) -> dict[str, Any]:
     from yolov9_qat.runtime import trtexec
     from yolov9_qat.runtime.tensorrt import device_index, strongly_typed_env
 
-    path, is_engine = _bench_source(args)
+    path, is_engine = _bench_source(model)
     if is_engine:
         raise UserError(
             "--runner trtexec benchmarks from the ONNX (the record's method); give --model F.onnx"
         )
     info = graph_info(path)
-    precision = resolve_precision(getattr(args, "precision", "auto"), path, info)
-    name, chw = image_input(info, getattr(args, "img", None))
+    precision = resolve_precision(options.precision, path, info)
+    name, chw = image_input(info, options.img)
     _check_environment("the TensorRT benchmark", "trtexec")
     exe = trtexec.find_trtexec()
     major = trtexec.version_major(trtexec.trtexec_version(exe))
@@ -458,34 +402,36 @@ def _bench_trtexec(args: argparse.Namespace, batches: list[int]) -> dict[str, An
 
     graph = graph_for_precision(path, precision, typed)
     flags = trtexec.BenchFlags(
-        warmup_ms=float(getattr(args, "warmup_ms", 500.0)),
-        duration_s=float(getattr(args, "duration_s", 10.0)),
-        use_cuda_graph=bool(getattr(args, "use_cuda_graph", False)),
-        use_spin_wait=bool(getattr(args, "use_spin_wait", False)),
-        no_data_transfers=bool(getattr(args, "no_data_transfers", False)),
+        warmup_ms=float(options.warmup_ms),
+        duration_s=float(options.duration_s),
+        use_cuda_graph=options.use_cuda_graph,
+        use_spin_wait=options.use_spin_wait,
+        no_data_transfers=options.no_data_transfers,
     )
-    out_dir = Path(getattr(args, "engine_dir", None) or path.parent)
     report = trtexec.benchmark(
-        graph, precision, batches, chw, flags, out_dir=out_dir, input_name=name, typed=typed,
-        timing_cache=_timing_cache(args, path), workspace_gib=getattr(args, "workspace", None),
-        resilience=bool(getattr(args, "resilience", False)), device=device_index(getattr(args, "device", "")), trtexec=exe,
-        stem=path.stem, trt_major=major,
+        graph, precision, batches, chw, flags, out_dir=Path(engine_dir or path.parent), input_name=name,
+        typed=typed, timing_cache=_timing_cache(options, path), workspace_gib=options.workspace_gib,
+        resilience=options.resilience, device=device_index(options.device), trtexec=exe, stem=path.stem,
+        trt_major=major,
     )  # fmt: skip
     report["model"] = str(path)
     return report
 
 
 # --- val -------------------------------------------------------------------------------------------
-def tensorrt_val_predictor(args: argparse.Namespace, data: dict[str, Any] | None = None) -> Any:
-    """``predict`` for ``val --backend tensorrt`` (the record's ``val_trt.sh``): ``--weights`` is an
-    engine, or an ONNX whose engine (profile min 1, opt = max = ``--batch-size`` at ``--img``) is
-    built through the cache first. End-to-end engines return per-image detections."""
+def tensorrt_val_predictor(
+    options: EngineOptions, weights: str | Path, batch_size: int = 32, data: dict[str, Any] | None = None
+) -> Any:
+    """``predict`` for ``val --backend tensorrt`` (the record's ``val_trt.sh``): ``weights`` is an
+    engine, or an ONNX whose engine (profile min 1, opt = max = ``batch_size`` at ``options.img``) is
+    built through the cache first; ``data`` (a loaded data.yaml) checks the class count. End-to-end
+    engines return per-image detections."""
     from yolov9_qat.runtime.tensorrt import build_cached, device_index, tensorrt_predictor
 
-    path = Path(str(getattr(args, "weights", "") or ""))
+    path = Path(weights)
     if not path.is_file():
         raise UserError(f"--weights {path}: no such file")
-    device = device_index(getattr(args, "device", ""))
+    device = device_index(options.device)
     if path.suffix.lower() in ENGINE_SUFFIXES:
         _check_environment("val --backend tensorrt", "polygraphy")
         return tensorrt_predictor(path, device)
@@ -495,15 +441,14 @@ def tensorrt_val_predictor(args: argparse.Namespace, data: dict[str, Any] | None
     nc = info["metadata"].get("nc")
     if data is not None and nc is not None and int(nc) != len(data["names"]):
         raise UserError(f"{path} predicts {nc} classes, the data set has {len(data['names'])}")
-    precision = resolve_precision(getattr(args, "precision", "auto"), path, info)
-    batch = int(getattr(args, "batch_size", 32) or 32)
-    name, chw = image_input(info, getattr(args, "img", None))
+    precision = resolve_precision(options.precision, path, info)
+    batch = int(batch_size or 32)
+    name, chw = image_input(info, options.img)
     profile = batch_profile(info, chw, name, 1, batch, batch)
-    runner = getattr(args, "runner", "polygraphy") or "polygraphy"
-    _check_environment("val --backend tensorrt", runner)
+    _check_environment("val --backend tensorrt", options.runner)
     cached = build_cached(
-        path, build_options(args, path, precision, profile), cache_dir=getattr(args, "engine_cache", None),
-        device=device, runner=runner,
+        path, build_options(options, path, precision, profile), cache_dir=options.engine_cache,
+        device=device, runner=options.runner,
     )  # fmt: skip
     log.info("TensorRT engine %s (%s)", cached.engine, "cache hit" if cached.hit else "built")
     return tensorrt_predictor(cached.engine, device)
@@ -511,7 +456,6 @@ def tensorrt_val_predictor(args: argparse.Namespace, data: dict[str, Any] | None
 
 __all__ = [
     "add_build_arguments",
-    "add_trt_bench_arguments",
     "add_trt_val_arguments",
     "bench_tensorrt",
     "cmd_build",
