@@ -146,9 +146,12 @@ def cmd_val(args: argparse.Namespace) -> int:
         predict = ort_model
         extra["runtime"] = ort_model.describe()
     elif args.backend == "tensorrt":
+        from yolov9_qat.runtime.engine_options import EngineOptions
         from yolov9_qat.runtime.trt_cli import tensorrt_val_predictor
 
-        predict = tensorrt_val_predictor(args, data)
+        predict = tensorrt_val_predictor(
+            EngineOptions.from_namespace(args), args.weights, batch_size=args.batch_size, data=data
+        )
     else:
         from yolov9_qat.models.checkpoint import load
 
@@ -191,27 +194,42 @@ def _ort_rewrite(args: argparse.Namespace) -> str:
 
 
 # --- export / lint ---------------------------------------------------------------------------------
+EXPORT_FORMATS = ("onnx", "onnx_end2end", "onnx_deepstream")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
+    from yolov9_qat.export.io_spec import write_io_json
     from yolov9_qat.export.onnx import ExportOptions, default_output, export_onnx, load_for_export
 
     include = [i for part in args.include for i in part.split(",") if i]
-    unknown = sorted(set(include) - {"onnx", "onnx_end2end"})
+    unknown = sorted(set(include) - set(EXPORT_FORMATS))
     if unknown:
-        raise UserError(f"--include {','.join(unknown)}: known formats are onnx and onnx_end2end")
+        raise UserError(f"--include {','.join(unknown)}: known formats are {', '.join(EXPORT_FORMATS)}")
+    output_names = tuple(n for part in args.output_names for n in part.split(",") if n) or None
+    if (args.input_name or output_names) and len(include) > 1:
+        raise UserError("--input-name / --output-names apply to one format: export one --include at a time")
     model, info = load_for_export(args.weights)
     written = []
     for fmt in include:
         e2e = args.nms if fmt == "onnx_end2end" else None
+        ds = fmt == "onnx_deepstream"
         opts = ExportOptions(
             imgsz=args.img, batch=args.batch_size, dynamic=args.dynamic,
             simplify=args.simplify, opset=args.opset, end2end=e2e, iou_thres=args.iou_thres,
-            conf_thres=args.conf_thres, max_det=args.topk_all,
+            conf_thres=args.conf_thres, max_det=args.topk_all, deepstream=ds,
+            input_name=args.input_name or None, output_names=output_names,
             extra_metadata={"weights": Path(args.weights).name},
         )  # fmt: skip
-        out = Path(args.out) if args.out and len(include) == 1 else default_output(args.weights, e2e)
+        out = Path(args.out) if args.out and len(include) == 1 else default_output(args.weights, e2e, ds)
         path = export_onnx(model, out, opts, precision=info["precision"])
-        entry = {"format": fmt, "onnx": str(path), "precision": info["precision"], "nms": e2e}
-        print(f"exported {args.weights} ({info['precision']}) -> {path}")
+        io_json = write_io_json(path)
+        entry = {
+            "format": fmt, "onnx": str(path), "io_json": str(io_json), "precision": info["precision"],
+            "layout": opts.layout, "nms": e2e,
+        }  # fmt: skip
+        print(
+            f"exported {args.weights} ({info['precision']}, {opts.layout} layout) -> {path} (+ {io_json.name})"
+        )
         if info["precision"] == "int8":
             from yolov9_qat.export.lint import lint
 
@@ -269,9 +287,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
     else:
+        from yolov9_qat.runtime.engine_options import EngineOptions
         from yolov9_qat.runtime.trt_cli import bench_tensorrt
 
-        report = bench_tensorrt(args, batches)
+        report = bench_tensorrt(EngineOptions.from_namespace(args), args.model, batches)
     save_dir = run_dir(args.project, args.name, args.exist_ok)
     print(device_table({k: v for k, v in report["device"].items() if not isinstance(v, dict)}))
     print()
@@ -349,8 +368,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         calib_batches=args.calib_batches, skip_layers=_skip_layers(args.skip_layers), project=args.project,
         name=args.name, exist_ok=args.exist_ok, activation=args.activation, lr=args.lr, workers=args.workers,
         progress=not args.no_progress, det_loss_weight=args.det_loss_weight, placement=args.placement,
-        float_control=args.float_control,
+        float_control=args.float_control, calib_batch_size=args.calib_batch_size,
+        head_float=args.head_float,
     )  # fmt: skip
+    if summary.get("rank", 0) > 0:  # torchrun: rank 0 reports
+        return 0
     rows = [("Origin", summary["origin"]), ("Origin (fine-tuned)", summary["origin_ft"]),
             ("PTQ", summary["ptq"]), ("QAT", summary["best"])]  # fmt: skip
     print(
@@ -419,11 +441,10 @@ def _add_ort_u8(p: argparse.ArgumentParser) -> None:
 
 
 def _add_trt_bench_flags(p: argparse.ArgumentParser) -> None:
-    try:  # TEMP until trt_cli lands
-        from yolov9_qat.runtime import trt_cli
-    except ImportError:
-        return
-    trt_cli.add_trt_bench_arguments(p)
+    """``bench --backend tensorrt``'s engine, device and loop flags (bench owns --img, --warmup, --duration)."""
+    from yolov9_qat.runtime.engine_options import add_engine_args
+
+    add_engine_args(p, groups=("engine", "device", "loop"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -524,18 +545,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     _add_run_flags(p, "val")
     from yolov9_qat.runtime import trt_cli
+    from yolov9_qat.runtime.engine_options import add_engine_args
 
-    trt_cli.add_trt_val_arguments(p)
+    add_engine_args(p, groups=("engine",))  # val owns --img, --batch-size and --device
 
     p = _command(sub, "build", "build a TensorRT engine (fp16, int8, mp) from an ONNX file, cached")(
         trt_cli.cmd_build
     )
-    trt_cli.add_build_arguments(p)
+    trt_cli.add_build_arguments(p)  # --onnx, --save-engine, --generate-graph, --json-out
+    add_engine_args(p, groups=("engine", "device", "shapes", "img"))
 
     p = _command(sub, "export", "export a float or QAT checkpoint to ONNX (plain or end-to-end)")(cmd_export)
     p.add_argument("--weights", required=True, help="checkpoint (float, converted or qat_best_*.pt)")
     p.add_argument(
-        "--include", nargs="+", default=["onnx"], help="onnx and/or onnx_end2end (space or comma separated)"
+        "--include",
+        nargs="+",
+        default=["onnx"],
+        help="onnx (plain), onnx_end2end (NMS in the graph) and/or onnx_deepstream (DeepStream-Yolo's "
+        "single output (B, anchors, 6)); space or comma separated",
+    )
+    p.add_argument("--input-name", default="", help="name of the input tensor (default: the layout's)")
+    p.add_argument(
+        "--output-names", nargs="+", default=[], help="names of the output tensors, in the layout's order"
     )
     p.add_argument("--img", "--imgsz", "--img-size", type=int, default=640)
     p.add_argument("--batch-size", "--batch", type=int, default=1, help="batch size of the traced graph")
@@ -578,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trt_bench_flags(p)  # --precision (auto: mp for a Q/DQ graph, fp16 otherwise) and the engine flags
     _add_run_flags(p, "bench")
 
-    p = _command(sub, "quantize", "Q/DQ placement, calibration (PTQ) and QAT fine-tuning")(cmd_quantize)
+    p = _command(
+        sub, "quantize", "Q/DQ placement, calibration (PTQ) and QAT fine-tuning (also under torchrun)"
+    )(cmd_quantize)
     p.add_argument("--weights", required=True, help="converted (GELAN) checkpoint; a YOLOv9 one is converted")
     p.add_argument("--data", required=True, help="data.yaml")
     p.add_argument("--hyp", default="hyp.scratch-high", help="hyper-parameter YAML (augmentation off in QAT)")
@@ -592,7 +625,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-eval-origin", action="store_true", help="skip the float model's evaluation")
     p.add_argument("--no-eval-ptq", action="store_true", help="skip the PTQ evaluation")
     p.add_argument("--calib-method", choices=["mse", "percentile", "entropy", "max"], default="percentile")
-    p.add_argument("--calib-batches", type=int, default=25)
+    p.add_argument("--calib-batches", type=int, default=25, help="calibration batches read")
+    p.add_argument(
+        "--calib-batch-size",
+        type=int,
+        default=None,
+        help="images per calibration batch (default: --batch-size; independent of the engine's batch)",
+    )
     p.add_argument("--skip-layers", default="", help="layers kept in float: 3,7 or a sensitivity.json")
     p.add_argument(
         "--placement",
@@ -600,6 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="trt",
         help="Q/DQ rules: trt (TensorRT's, the record's) or ort (every op's output too: ONNX Runtime's "
         "integer kernels on the CPU)",
+    )
+    p.add_argument(
+        "--head-float",
+        action="store_true",
+        help="keep the detect head's last 1x1 convs float (as upstream's tools do; default: INT8 in, "
+        "float out); stored in the checkpoint and the ONNX metadata, respected by lint",
     )
     p.add_argument("--activation", default=None, help="expected activation (checked against the checkpoint)")
     p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate")
@@ -669,6 +714,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="data-loader processes")
     p.add_argument("--no-progress", action="store_true")
     _add_run_flags(p, "reproduce")
+
+    # --- deployment commands: each lives in its own module (add_arguments(parser), run(args)) -----------
+    from yolov9_qat import doctor as _doctor
+
+    _doctor.add_arguments(
+        _command(sub, "doctor", "what this machine has and what each command needs")(_doctor.run)
+    )
+    from yolov9_qat import detect as _detect
+
+    p = _command(sub, "detect", "run a model on images, folders or videos; save annotated pictures")
+    _detect.add_arguments(p(_detect.run))
+    from yolov9_qat.deploy import cli as _deploy
+
+    _deploy.add_arguments(
+        _command(sub, "deploy", "serving configurations: Triton model repository, DeepStream nvinfer")(
+            _deploy.run
+        )
+    )
+    # (end of deployment commands)
 
     p = _command(sub, "info", "model summary: layers, parameters, activation")(cmd_info)
     src = p.add_mutually_exclusive_group(required=True)

@@ -112,15 +112,25 @@ def test_ort_placement_from_the_command_line(float_model, synth_yaml, tmp_path) 
         return proc
 
     common = ["--data", str(synth_yaml), "--img", "64", "--no-progress"]
-    cli("quantize", "--weights", str(weights), "--placement", "ort", "--epochs", "0", "--calib-batches", "1",
-        "--batch-size", "8", "--workers", "0", "--project", str(tmp_path), "--name", "q", *common)  # fmt: skip
+    cli("quantize", "--weights", str(weights), "--placement", "ort", "--epochs", "0", "--calib-batches", "2",
+        "--calib-batch-size", "3", "--batch-size", "8", "--workers", "0", "--project", str(tmp_path),
+        "--name", "q", *common)  # fmt: skip
     summary = json.loads((tmp_path / "q" / "summary.json").read_text())
     assert summary["placement"] == "ort"
+    # calibration reads its own batch size, independent of --batch-size
+    assert summary["calib_batch_size"] == 3 and summary["calibration"]["images"] == 6
     ptq = tmp_path / "q" / "weights" / "ptq_gelan.pt"
     assert torch.load(ptq, weights_only=True)["qat"]["placement"] == "ort"
-    cli("export", "--weights", str(ptq), "--include", "onnx", "--img", "64")
+    cli("export", "--weights", str(ptq), "--include", "onnx", "onnx_deepstream", "--img", "64")
     onnx_path = ptq.with_suffix(".onnx")
     assert read_metadata(load_onnx(onnx_path))["placement"] == "ort"
+    # every export writes its .io.json: names, shapes and layout as the graph has them
+    from yolov9_qat.export.io_spec import describe
+
+    for path, layout in ((onnx_path, "plain"), (ptq.with_name("ptq_gelan-deepstream.onnx"), "deepstream")):
+        spec = json.loads(path.with_name(path.stem + ".io.json").read_text())
+        assert spec["layout"] == layout and spec == describe(path)
+        assert [i["name"] for i in spec["inputs"]] == ["images" if layout == "plain" else "input"]
     out = tmp_path / "val.json"
     cli("val", "--backend", "onnxruntime", "--weights", str(onnx_path), "--batch-size", "8", "--workers", "0",
         "--project", str(tmp_path), "--name", "v", "--json-out", str(out), *common)  # fmt: skip
@@ -187,3 +197,40 @@ def test_float_control_runs_the_qat_schedule_with_quantizers_off(float_model, sy
     # feature MSE alone: a float model against itself has zero loss, the control is Origin itself
     mse = _run(str(weights), synth_yaml, tmp_path, name="mse", epochs=1, iters=2, float_control=True)
     assert mse["origin_ft"]["AP"] == mse["origin"]["AP"] and "Origin itself" in mse["origin_ft"]["note"]
+
+
+@pytest.mark.cpu
+@pytest.mark.slow
+def test_quantize_under_torchrun_gives_one_process_amax(float_model, synth_yaml, tmp_path) -> None:
+    """``torchrun --nproc_per_node 2 -m yolov9_qat quantize`` (gloo): every rank calibrates on its share of
+    the batches one process reads and the statistics are reduced, so the calibrated amax equal a single
+    process's on the same images, exactly; rank 0 alone writes, and the QAT checkpoint evaluates."""
+    import os
+    import subprocess
+    import sys
+
+    weights = checkpoint.save(float_model, tmp_path / "gelan.pt")
+    args = ["quantize", "--weights", str(weights), "--data", str(synth_yaml), "--img", "64", "--batch-size", "8",
+            "--calib-batches", "2", "--calib-method", "percentile", "--epochs", "1", "--iters", "2",
+            "--workers", "0", "--device", "cpu", "--no-progress", "--project", str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "yolov9_qat", *args, "--name", "one"], capture_output=True,
+                         text=True, timeout=600, env=env)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+         "-m", "yolov9_qat", *args, "--name", "two"],
+        capture_output=True, text=True, timeout=900, env=env,
+    )  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert not (tmp_path / "two2").exists(), "only rank 0 may create the run folder"
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["calibration"]["images"] == 16
+    a = torch.load(tmp_path / "one" / "weights" / "ptq_gelan.pt", weights_only=True)["qat"]["quantizers"]
+    b = torch.load(tmp_path / "two" / "weights" / "ptq_gelan.pt", weights_only=True)["qat"]["quantizers"]
+    assert a.keys() == b.keys() and len(a) > 50
+    for name in a:
+        assert torch.equal(a[name]["amax"], b[name]["amax"]), name
+    result = evaluate_qat(tmp_path / "two" / "weights" / "qat_best_gelan.pt", synth_yaml, img=64, batch_size=8,
+                          device="cpu", workers=0, progress=False)  # fmt: skip
+    assert 0.0 <= result["AP"] <= 1.0 and summary["best"]["epoch"] == 1

@@ -67,6 +67,8 @@ def exported(float_model, qat_model, tmp_path_factory) -> dict[str, Path]:
         ("int8", qat_model, ExportOptions(imgsz=IMG, dynamic=True, simplify=True)),
         ("e2e_onnx", qat_model, ExportOptions(imgsz=IMG, dynamic=True, end2end="onnx", conf_thres=0.05, iou_thres=0.6, max_det=50)),
         ("e2e_trt", qat_model, ExportOptions(imgsz=IMG, dynamic=True, end2end="trt", conf_thres=0.05, iou_thres=0.6, max_det=50)),
+        ("ds_int8", qat_model, ExportOptions(imgsz=IMG, dynamic=True, simplify=True, deepstream=True)),
+        ("ds_named", float_model, ExportOptions(imgsz=IMG, batch=2, deepstream=True, input_name="data", output_names=("dets",))),
     ]:  # fmt: skip
         out[name] = export_onnx(model, root / f"{name}.onnx", opts)
     return out
@@ -198,3 +200,42 @@ def test_cli_val_onnxruntime_bad_input_one_line(tmp_path, exported) -> None:
         assert r.returncode == 2, r.stderr
         lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "warn" not in ln.lower()]
         assert len(lines) == 1 and want in lines[0], r.stderr
+
+
+def test_deepstream_layout_gives_the_plain_graphs_detections(exported, x) -> None:
+    """DeepStream-Yolo's (B, A, 6) output on ONNX Runtime, through the evaluator's NMS, gives the plain
+    Q/DQ graph's detections under single-label NMS (one class per anchor: the layout's contract)."""
+    from yolov9_qat.eval.nms import non_max_suppression
+
+    ds = OrtModel(exported["ds_int8"], threads=1, rewrite="none")
+    plain = OrtModel(exported["int8"], threads=1, rewrite="none")
+    proto = onnx.load(str(exported["ds_int8"]))
+    assert [i.name for i in proto.graph.input] == ["input"]
+    assert [o.name for o in proto.graph.output] == ["output"]
+    raw = ds.run(x.numpy())[0]
+    assert raw.shape == (x.shape[0], plain(x).shape[-1], 6) and ds.layout == "deepstream"
+    np.testing.assert_array_equal(raw[..., 5], np.round(raw[..., 5]))  # class indices, as floats
+    got = non_max_suppression(torch.as_tensor(ds(x)), conf_thres=0.05, iou_thres=0.6)
+    want = non_max_suppression(torch.as_tensor(plain(x)), conf_thres=0.05, iou_thres=0.6, multi_label=False)
+    assert sum(len(d) for d in want) > 10
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape
+        torch.testing.assert_close(g, w, atol=1e-3, rtol=1e-5)
+
+
+def test_tensor_names_and_layout_metadata(exported, x) -> None:
+    proto = onnx.load(str(exported["ds_named"]))
+    assert [i.name for i in proto.graph.input] == ["data"]
+    assert [o.name for o in proto.graph.output] == ["dets"]
+    assert read_metadata(proto)["layout"] == "deepstream"
+    assert OrtModel(exported["ds_named"], threads=1).layout == "deepstream"  # metadata, not names
+    for name in ("fp32", "e2e_onnx"):
+        assert read_metadata(onnx.load(str(exported[name])))["layout"] == (
+            "plain" if name == "fp32" else "end2end"
+        )
+    with pytest.raises(UserError, match="has 4 output"):
+        ExportOptions(end2end="onnx", output_names=("a", "b")).tensor_names()
+    with pytest.raises(UserError, match="distinct"):
+        ExportOptions(input_name="out", output_names=("out",)).tensor_names()
+    with pytest.raises(UserError, match="exclusive"):
+        export_onnx(torch.nn.Identity(), "unused.onnx", ExportOptions(end2end="onnx", deepstream=True))

@@ -20,9 +20,10 @@ import torch
 import torchvision
 from torch import nn
 
+from yolov9_qat.export.layouts import END2END_OUTPUTS
 from yolov9_qat.utils.boxes import xywh2xyxy
 
-OUTPUT_NAMES = ("num_dets", "det_boxes", "det_scores", "det_classes")
+OUTPUT_NAMES = END2END_OUTPUTS
 FLAVOURS = ("trt", "onnx")
 
 

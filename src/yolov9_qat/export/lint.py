@@ -552,6 +552,17 @@ class _Context:
         return any(self.g.dq_source(t) is not None for t in node.input if self.g.is_act(t))
 
 
+def _float_convs(meta: dict[str, str]) -> tuple[str, ...]:
+    """The module paths the exporter says stay float on purpose (``float_convs`` metadata, a JSON list)."""
+    import json
+
+    try:
+        paths = json.loads(meta.get("float_convs", "[]"))
+    except ValueError:
+        raise UserError(f"float_convs metadata is not a JSON list: {meta['float_convs'][:60]!r}") from None
+    return tuple(str(p) for p in paths)
+
+
 def _allowed(name: str, weight: str, patterns: Sequence[str]) -> bool:
     """Whether a conv (node ``name``, weight ``weight``) matches one of ``patterns``: a part of either
     name (split at ``/ . :``), a ``/`` component of the node name (``model.1``), a dotted module
@@ -975,7 +986,8 @@ def lint(
 ) -> LintReport:
     """Check ``model`` (a ModelProto or an ONNX file) against the Q/DQ rules (:data:`RULES`).
 
-    ``allow_float``: name patterns of the convs that may stay float (default: the DFL's conv).
+    ``allow_float``: name patterns of the convs that may stay float (default: the DFL's conv); the
+    module paths in the graph's ``float_convs`` metadata (``quantize --head-float``) are added.
     ``rules``: a subset of rule ids to run (default: all but those :data:`PLACEMENT_EXEMPT` lists
     for ``placement``, which defaults to the graph's ``placement`` metadata, else ``trt``). ``stats`` holds every count of
     :data:`STAT_KEYS` (live / dead nodes, convs and INT8 convs, Q, DQ, Q->DQ pairs by role, the
@@ -988,9 +1000,10 @@ def lint(
         model = load_model(model)
     source = source or model.graph.name
     g = QdqGraph(model)
+    meta = {p.key: p.value for p in model.metadata_props}
     if placement is None:
-        meta = {p.key: p.value for p in model.metadata_props}
         placement = meta.get("placement", "trt")
+    allow_float = tuple(allow_float) + _float_convs(meta)
     skipped = dict(PLACEMENT_EXEMPT.get(placement, {})) if rules is None else {}
     selected = [r for r in RULES if r not in skipped] if rules is None else list(rules)
     unknown = [r for r in selected if r not in CHECKS]

@@ -1,5 +1,7 @@
-"""ONNX export of float and QAT (Q/DQ) models: plain (``output0``: (B, 4 + nc, A)) or end-to-end
-(NMS inside the graph, see :mod:`yolov9_qat.export.end2end`).
+"""ONNX export of float and QAT (Q/DQ) models in one of three layouts (:mod:`yolov9_qat.export.layouts`): plain
+(``output0``: (B, 4 + nc, A)), end-to-end (NMS inside the graph, see :mod:`yolov9_qat.export.end2end`)
+or DeepStream-Yolo's (``output``: (B, A, 6), see :mod:`yolov9_qat.export.deepstream`). Tensor names can
+be overridden (``input_name``, ``output_names``); readers find the layout in the metadata.
 
 The file is written atomically; its metadata (``names``, ``stride``, ``imgsz``, ``activation``,
 ``precision``, ``end2end`` ...) travels in the ONNX ``metadata_props`` so that the ONNX Runtime and
@@ -21,7 +23,9 @@ from torch import nn
 
 from yolov9_qat import __version__
 from yolov9_qat.errors import UserError
-from yolov9_qat.export.end2end import FLAVOURS, OUTPUT_NAMES, End2End
+from yolov9_qat.export import deepstream
+from yolov9_qat.export.end2end import FLAVOURS, End2End
+from yolov9_qat.export.layouts import DEFAULT_NAMES, layout_of
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.utils.files import atomic_save
 
@@ -42,7 +46,30 @@ class ExportOptions:
     iou_thres: float = 0.45
     conf_thres: float = 0.25
     max_det: int = 100
+    deepstream: bool = False  # DeepStream-Yolo's single output (B, A, 6); exclusive with end2end
+    input_name: str | None = None  # default: ``images`` (``input`` for the DeepStream layout)
+    output_names: tuple[str, ...] | None = None  # default: the layout's names
     extra_metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layout(self) -> str:
+        return "end2end" if self.end2end else "deepstream" if self.deepstream else "plain"
+
+    def tensor_names(self) -> tuple[str, list[str]]:
+        """The input name and the output names of the exported graph (the layout's, or the user's)."""
+        inp, default_outs = DEFAULT_NAMES[self.layout]
+        outs = list(default_outs)
+        if self.output_names is not None:
+            if len(self.output_names) != len(outs):
+                raise UserError(
+                    f"--output-names: the {self.layout} layout has {len(outs)} output(s) "
+                    f"({', '.join(outs)}), got {len(self.output_names)}"
+                )
+            outs = list(self.output_names)
+        names = [self.input_name or inp, *outs]
+        if len(set(names)) != len(names) or not all(names):
+            raise UserError(f"tensor names must be distinct and non-empty, got {', '.join(names)}")
+        return names[0], names[1:]
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -77,10 +104,15 @@ def metadata(model: DetectionModel, opts: ExportOptions, precision: str) -> dict
         "precision": precision,
         "dynamic": json.dumps(bool(opts.dynamic)),
         "end2end": opts.end2end or "",
+        "layout": opts.layout,
     }
     qat = getattr(model, "qat", None)
     if isinstance(qat, dict) and precision == "int8":
         meta["placement"] = str(qat.get("placement", "trt"))  # Q/DQ rules: trt or ort (lint reads it)
+        if qat.get("head_float"):  # the head's output convs stay float on purpose (lint reads it)
+            from yolov9_qat.quant.rules import head_output_paths
+
+            meta["float_convs"] = json.dumps(list(head_output_paths(model)))
     if opts.end2end:
         meta["nms"] = json.dumps(
             {"iou_thres": opts.iou_thres, "conf_thres": opts.conf_thres, "max_det": opts.max_det}
@@ -98,6 +130,14 @@ def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
         except (json.JSONDecodeError, ValueError):
             out[p.key] = p.value
     return out
+
+
+def graph_layout(proto: onnx.ModelProto) -> str:
+    """The graph's layout (:data:`yolov9_qat.export.layouts.LAYOUTS`): from the metadata, else (older or foreign files) from the
+    output names."""
+    names = [o.name for o in proto.graph.output]
+    shapes = [[d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in proto.graph.output]
+    return layout_of(names, read_metadata(proto), shapes) or "plain"
 
 
 def _set_metadata(proto: onnx.ModelProto, meta: dict[str, str]) -> None:
@@ -127,25 +167,28 @@ def export_onnx(
         raise UserError(f"--opset {opts.opset}: Q/DQ graphs need opset {MIN_QDQ_OPSET} or newer")
     if opts.end2end is not None and opts.end2end not in FLAVOURS:
         raise UserError(f"--nms {opts.end2end}: choose one of {', '.join(FLAVOURS)}")
+    if opts.end2end and opts.deepstream:
+        raise UserError("the end-to-end and DeepStream layouts are exclusive: export them one at a time")
+    input_name, outputs = opts.tensor_names()
     stride = int(model.stride.max())
     if opts.imgsz % stride:
         raise UserError(f"--img {opts.imgsz} is not a multiple of the model's stride {stride}")
     precision = precision or ("int8" if is_quantized(model) else "fp32")
     model = model.cpu().eval()
     net: nn.Module = model
-    outputs = ["output0"]
     if opts.end2end:
         net = End2End(model, opts.end2end, opts.iou_thres, opts.conf_thres, opts.max_det).eval()
-        outputs = list(OUTPUT_NAMES)
+    elif opts.deepstream:
+        net = deepstream.DeepStreamOutput(model).eval()
     x = torch.zeros(opts.batch, 3, opts.imgsz, opts.imgsz)
-    dynamic_axes = {name: {0: "batch"} for name in ["images", *outputs]} if opts.dynamic else None
+    dynamic_axes = {name: {0: "batch"} for name in [input_name, *outputs]} if opts.dynamic else None
     out = Path(out)
 
     def write(tmp: Path) -> None:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer chatter about shapes and Q/DQ
             torch.onnx.export(
-                net, (x,), str(tmp), dynamo=False, opset_version=opts.opset, input_names=["images"],
+                net, (x,), str(tmp), dynamo=False, opset_version=opts.opset, input_names=[input_name],
                 output_names=outputs, dynamic_axes=dynamic_axes, do_constant_folding=True,
             )  # fmt: skip
         proto = onnx.load(str(tmp))
@@ -158,7 +201,10 @@ def export_onnx(
     return atomic_save(out, write)
 
 
-def default_output(weights: str | Path, end2end: str | None) -> Path:
-    """``best.pt`` -> ``best.onnx``; end-to-end: ``best-end2end-trt.onnx`` / ``best-end2end-onnx.onnx``."""
+def default_output(weights: str | Path, end2end: str | None, deepstream: bool = False) -> Path:
+    """``best.pt`` -> ``best.onnx``; end-to-end: ``best-end2end-trt.onnx`` / ``best-end2end-onnx.onnx``;
+    DeepStream layout: ``best-deepstream.onnx``."""
     p = Path(weights)
-    return p.with_name(f"{p.stem}-end2end-{end2end}.onnx" if end2end else f"{p.stem}.onnx")
+    if end2end:
+        return p.with_name(f"{p.stem}-end2end-{end2end}.onnx")
+    return p.with_name(f"{p.stem}-deepstream.onnx" if deepstream else f"{p.stem}.onnx")

@@ -30,8 +30,9 @@ import torch
 
 from yolov9_qat.bench.harness import Step
 from yolov9_qat.errors import UserError
-from yolov9_qat.export.end2end import OUTPUT_NAMES, detections_from_outputs
-from yolov9_qat.export.onnx import read_metadata
+from yolov9_qat.export.deepstream import to_plain
+from yolov9_qat.export.end2end import detections_from_outputs
+from yolov9_qat.export.onnx import graph_layout, read_metadata
 
 log = logging.getLogger("yolov9_qat.runtime")
 
@@ -87,7 +88,10 @@ class OrtModel:
         self.path = Path(path)
         proto = load_onnx(path)
         self.metadata = read_metadata(proto)
-        self.end2end = [o.name for o in proto.graph.output] == list(OUTPUT_NAMES)
+        self.layout = graph_layout(proto)
+        self.end2end = self.layout == "end2end"
+        if self.layout == "deepstream" and "nc" not in self.metadata:
+            raise UserError(f"{self.path}: a DeepStream-layout graph without its class count (metadata nc)")
         self.quantized = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
         from yolov9_qat.export.qdq_u8 import has_output_qdq
 
@@ -162,6 +166,8 @@ class OrtModel:
         outs = self.run(np.ascontiguousarray(x, dtype=np.float32))
         if self.end2end:
             return detections_from_outputs(*outs)
+        if self.layout == "deepstream":
+            return to_plain(outs[0], int(self.metadata["nc"])).numpy()
         return outs[0]
 
     def describe(self) -> dict[str, Any]:
@@ -173,6 +179,7 @@ class OrtModel:
             "precision": self.precision,
             "rewrite": self.rewrite,
             "end2end": self.end2end,
+            "layout": self.layout,
             "threads": self.threads,
         }
 
