@@ -291,15 +291,54 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from yolov9_qat.runtime.trt_cli import bench_tensorrt
 
         report = bench_tensorrt(EngineOptions.from_namespace(args), args.model, batches)
+    tables = [report]
+    if args.end2end:
+        report["end2end"] = _bench_end2end(args, batches, config, report)
+        tables.append(report["end2end"])
     save_dir = run_dir(args.project, args.name, args.exist_ok)
     print(device_table({k: v for k, v in report["device"].items() if not isinstance(v, dict)}))
     print()
-    print(markdown_table([report]))
+    print(markdown_table(tables))
+    if args.end2end:
+        for r in report["end2end"]["results"]:
+            st = r["extra"]["stages_ms_per_image"]
+            print(
+                f"end-to-end batch {r['batch']}: per image {st['preprocess']:.2f} ms letterbox + normalise, "
+                f"{st['inference']:.2f} ms inference, {st['nms']:.2f} ms NMS"
+            )
     for note in report.get("int8_notes") or []:
         print(f"note: {note}")
     _json_out(args, report, save_dir / "bench.json")
     print(f"results: {save_dir / 'bench.json'}")
     return 0
+
+
+def _bench_end2end(
+    args: argparse.Namespace, batches: list[int], config: Any, model_report: dict[str, Any]
+) -> dict[str, Any]:
+    """``bench --end2end``: the same model through ``detect``'s path, host pixels to boxes."""
+    from yolov9_qat.bench.end2end import EndToEndRunner, load_frames, run_end2end
+    from yolov9_qat.detect import Detector
+    from yolov9_qat.runtime.engine_options import EngineOptions
+
+    detector = Detector(
+        args.model, backend=args.backend, imgsz=args.img, device=args.device,
+        threads=args.threads, ort_rewrite=_ort_rewrite(args), rect=False,
+        engine=EngineOptions.from_namespace(args) if args.backend == "tensorrt" else None,
+    )  # fmt: skip
+    runner = EndToEndRunner(detector, load_frames(args.source), model_report["device"])
+    precision = str(model_report.get("precision", ""))
+    report = run_end2end(
+        runner,
+        batches,
+        config,
+        model=Path(args.model).stem,
+        precision=precision,
+        progress=not args.no_progress,
+    )
+    report["label"] = f"{precision.upper()} end-to-end ({Path(args.model).stem})"
+    report["detect_settings"] = {"conf_thres": detector.conf_thres, "iou_thres": detector.iou_thres}
+    return report
 
 
 # --- reproduce -------------------------------------------------------------------------------------
@@ -604,6 +643,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--min-iterations", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: all cores)")
+    p.add_argument(
+        "--end2end",
+        action="store_true",
+        help="also time what an application sees per image: host letterbox + normalise, inference, NMS "
+        "(or the graph's) and boxes back to the frame, beside the model-only figures",
+    )
+    p.add_argument(
+        "--source", default=None, help="--end2end: images to use as frames (default: random 1280x720 frames)"
+    )
     p.add_argument("--no-progress", action="store_true")
     _add_ort_u8(p)
     _add_trt_bench_flags(p)  # --precision (auto: mp for a Q/DQ graph, fp16 otherwise) and the engine flags
