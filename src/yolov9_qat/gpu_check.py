@@ -6,7 +6,8 @@ runs them, on a small synthetic set, with one JSON report.
 
 Each step is a ``yolov9-qat`` command (or ``torchrun``, or ``pytest -m gpu``) in its own process; a step
 whose inputs failed or whose requirement is missing is skipped with the reason. Nothing is downloaded.
-Not yet here: the head-output variant (``quantize --head-float``) and QAT under ``torchrun``.
+Both head variants (the default INT8-in / float-out output convs, and ``quantize --head-float``) are
+built into INT8 and MP engines; QAT also runs under ``torchrun`` with nccl (AMP on CUDA in both).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def plan(work: Path) -> list[Step]:
     qat_dir = work / "runs" / "qat"
     qat = str(qat_dir / "cuda" / "weights" / "qat_best_best.pt")
     onnx = str(qat_dir / "cuda" / "weights" / "qat_best_best.onnx")
+    onnx_head = str(qat_dir / "head_float" / "weights" / "qat_best_best.onnx")
     engines = work / "engines"
     common = ["--data", data, "--img", str(IMG), "--no-progress"]
     # fmt: off
@@ -73,6 +75,17 @@ def plan(work: Path) -> list[Step]:
                                    "--name", "cuda", "--exist-ok", *common), needs=("cuda", "train_cuda_amp")),
         Step("export_onnx", _cli("export", "--weights", qat, "--include", "onnx", "--dynamic", "--img", str(IMG)),
              needs=("quantize_cuda",)),
+        Step("quantize_head_float", _cli("quantize", "--weights", best, "--epochs", "1", "--iters", "10",
+                                         "--calib-batches", "2", "--batch-size", "8", "--device", "0", "--workers", "2",
+                                         "--head-float", "--project", str(qat_dir), "--name", "head_float",
+                                         "--exist-ok", *common), needs=("cuda", "train_cuda_amp")),
+        Step("export_head_float", _cli("export", "--weights", onnx_head.replace(".onnx", ".pt"), "--include", "onnx",
+                                       "--dynamic", "--img", str(IMG)), needs=("quantize_head_float",)),
+        Step("quantize_torchrun_nccl", [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m",
+                                        "yolov9_qat", "quantize", "--weights", best, "--epochs", "1", "--iters", "5",
+                                        "--calib-batches", "2", "--batch-size", "8", "--device", "0", "--workers", "2",
+                                        "--project", str(qat_dir), "--name", "ddp", "--exist-ok", *common],
+             needs=("cuda", "train_cuda_amp")),
         Step("val_half", _cli("val", "--weights", best, "--device", "0", "--half", "--batch-size", "16", "--workers", "2",
                               "--project", str(work / "runs" / "val"), "--name", "half", "--exist-ok", *common),
              needs=("cuda", "train_cuda_amp")),
@@ -82,14 +95,16 @@ def plan(work: Path) -> list[Step]:
         Step("export_float", _cli("export", "--weights", best, "--include", "onnx", "--dynamic", "--img", str(IMG)),
              needs=("train_cuda_amp",))
     )
-    for precision in ("fp16", "int8", "mp"):
-        src = float_onnx if precision == "fp16" else onnx  # FP16 from the float graph, INT8 / MP from Q/DQ
+    builds = [("fp16", float_onnx, "export_float", ""), ("int8", onnx, "export_onnx", ""),
+              ("mp", onnx, "export_onnx", ""), ("int8", onnx_head, "export_head_float", "_head_float"),
+              ("mp", onnx_head, "export_head_float", "_head_float")]  # FP16 from the float graph, INT8 / MP from Q/DQ
+    for precision, src, made_by, variant in builds:
         steps.append(Step(
-            f"build_{precision}",
+            f"build_{precision}{variant}",
             _cli("build", "--onnx", src, "--precision", precision, "--min-shapes", f"images:1x3x{IMG}x{IMG}",
                  "--opt-shapes", f"images:4x3x{IMG}x{IMG}", "--max-shapes", f"images:8x3x{IMG}x{IMG}",
-                 "--save-engine", str(engines / f"model.{precision}.engine")),
-            needs=("tensorrt", "export_float" if precision == "fp16" else "export_onnx"),
+                 "--save-engine", str(engines / f"model{variant}.{precision}.engine")),
+            needs=("tensorrt", made_by),
         ))
     steps += [
         Step("val_tensorrt", _cli("val", "--backend", "tensorrt", "--weights", onnx, "--batch-size", "8", "--workers", "2",
@@ -161,7 +176,7 @@ def run(steps: list[Step], env: dict[str, Any], log: Any = print) -> list[Step]:
                 step.status, step.reason = "failed", f"timed out after {step.timeout_s:.0f} s"
             step.seconds = round(time.perf_counter() - t0, 1)
         done[step.name] = step
-        log(f"{step.name:16} {step.status:8} {step.seconds:7.1f} s  {step.reason}")
+        log(f"{step.name:22} {step.status:8} {step.seconds:7.1f} s  {step.reason}")
     return steps
 
 
@@ -176,12 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         steps = plan(Path(args.work or "<work>"))
         print(f"environment: {json.dumps(env)}")
         done: dict[str, Step] = {}
+        width = max(len(s.name) for s in steps)
         for s in steps:
             reason = _skip_reason(s, env, done)
             s.status = "skipped" if reason else "ok"  # what the run would find
             done[s.name] = s
-            print(f"{s.name:16} {'would skip: ' + reason if reason else 'would run'}")
-            print(f"{'':16} {shlex.join(s.cmd)}")
+            print(f"{s.name:{width}} {'would skip: ' + reason if reason else 'would run'}")
+            print(f"{'':{width}} {shlex.join(s.cmd)}")
         return 0
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="yolov9-qat-gpu-check-"))
     steps = plan(work)
