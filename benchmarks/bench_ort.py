@@ -52,7 +52,7 @@ from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
 from yolov9_qat.export.onnx import ExportOptions, export_onnx
-from yolov9_qat.export.qdq_u8 import count_qdq, to_ort_integer, to_ort_qlinear, to_u8
+from yolov9_qat.export.ort_rewrite import count_qdq, to_ort_integer, to_ort_qlinear, to_u8
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.quant.quantize import calibrate, prepare_qat_model
 from yolov9_qat.runtime.onnxruntime import OrtModel, OrtRunner

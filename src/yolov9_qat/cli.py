@@ -107,14 +107,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 # --- train -----------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from dataclasses import fields
-
+    from yolov9_qat.options import from_namespace
     from yolov9_qat.train.trainer import Trainer, TrainOptions
 
-    known = {f.name for f in fields(TrainOptions)}
-    opt = TrainOptions(**{k: v for k, v in vars(args).items() if k in known})
-    opt.progress = not args.no_progress
-    summary = Trainer(opt).run()
+    summary = Trainer(from_namespace(TrainOptions, args)).run()
     if summary:
         best = summary.get("best") or {}
         print(
@@ -398,18 +394,12 @@ def _skip_layers(text: str) -> list[int]:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
+    from yolov9_qat.options import from_namespace
+    from yolov9_qat.quant.options import QuantizeOptions
     from yolov9_qat.quant.pipeline import quantize
 
-    summary = quantize(
-        args.weights, args.data, hyp=args.hyp, img=args.img, batch_size=args.batch_size, device=args.device,
-        iters=args.iters, epochs=args.epochs, seed=args.seed, supervision_stride=args.supervision_stride,
-        eval_origin=not args.no_eval_origin, eval_ptq=not args.no_eval_ptq, calib_method=args.calib_method,
-        calib_batches=args.calib_batches, skip_layers=_skip_layers(args.skip_layers), project=args.project,
-        name=args.name, exist_ok=args.exist_ok, activation=args.activation, lr=args.lr, workers=args.workers,
-        progress=not args.no_progress, det_loss_weight=args.det_loss_weight, placement=args.placement,
-        float_control=args.float_control, calib_batch_size=args.calib_batch_size,
-        head_float=args.head_float,
-    )  # fmt: skip
+    options = from_namespace(QuantizeOptions, args, skip_layers=tuple(_skip_layers(args.skip_layers)))
+    summary = quantize(args.weights, args.data, options)
     if summary.get("rank", 0) > 0:  # torchrun: rank 0 reports
         return 0
     rows = [("Origin", summary["origin"]), ("Origin (fine-tuned)", summary["origin_ft"]),
@@ -519,41 +509,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="", help="output checkpoint (default: <weights>-converted.pt)")
 
     p = _command(sub, "train", "train a YOLOv9 / GELAN model (also under torchrun)")(cmd_train)
-    p.add_argument("--data", required=True, help="data.yaml")
-    p.add_argument(
-        "--cfg", default="", help="model config name or YAML (from scratch, or to fine-tune --weights onto)"
-    )
-    p.add_argument("--weights", default="", help="initial weights; '' trains from scratch")
-    p.add_argument("--hyp", default="hyp.scratch-high", help="hyper-parameter YAML (name or path)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", "--batch", type=int, default=16, help="total batch size (all processes)")
-    p.add_argument("--img", "--imgsz", "--img-size", type=int, default=640, help="training image size")
-    p.add_argument("--device", default="", help="cpu, 0 or 0,1 (default: GPU 0 if there is one)")
-    p.add_argument("--workers", type=int, default=8, help="data-loader processes per training process")
-    p.add_argument("--optimizer", choices=["SGD", "Adam", "AdamW"], default="SGD")
-    p.add_argument("--close-mosaic", type=int, default=15, help="turn mosaic off for the last N epochs")
-    p.add_argument("--patience", type=int, default=100, help="early stop after N epochs without improvement")
-    p.add_argument("--min-items", type=int, default=0, help="skip training images with fewer labels")
-    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm in multi-GPU training")
-    p.add_argument(
-        "--resume", nargs="?", const="runs/train/exp", default="", help="resume a run (folder or last.pt)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--activation", default=None, help="SiLU, ReLU, FReLU, Mish or AconC (overrides the config)"
-    )
-    p.add_argument("--cos-lr", action="store_true", help="cosine LR schedule")
-    p.add_argument("--flat-cos-lr", action="store_true", help="flat, then cosine LR schedule")
-    p.add_argument("--fixed-lr", action="store_true", help="constant LR")
-    p.add_argument("--cache", action="store_true", help="keep decoded images in RAM")
-    p.add_argument("--noval", action="store_true", help="evaluate the final epoch only")
-    p.add_argument("--nosave", action="store_true", help="save the final checkpoint only")
-    p.add_argument("--noplots", action="store_true", help="no plots")
-    p.add_argument("--save-period", type=int, default=-1, help="also save every N epochs")
-    p.add_argument("--stop-after", type=int, default=0, help="stop this call after N epochs (resumable)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from yolov9_qat.options import add_options
+    from yolov9_qat.train.options import TrainOptions
+
+    add_options(p, TrainOptions)  # every flag and default from the dataclass's fields
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
-    _add_run_flags(p, "train")
+    p.add_argument("--json-out", default=None, help="also write the figures as JSON here")
 
     p = _command(sub, "val", "evaluate: AP, AP50, precision, recall")(cmd_val)
     p.add_argument("--weights", required=True, help="checkpoint (or ONNX / engine with --backend)")
@@ -662,55 +623,11 @@ def build_parser() -> argparse.ArgumentParser:
     )(cmd_quantize)
     p.add_argument("--weights", required=True, help="converted (GELAN) checkpoint; a YOLOv9 one is converted")
     p.add_argument("--data", required=True, help="data.yaml")
-    p.add_argument("--hyp", default="hyp.scratch-high", help="hyper-parameter YAML (augmentation off in QAT)")
-    p.add_argument("--img", "--imgsz", type=int, default=640)
-    p.add_argument("--batch-size", "--batch", type=int, default=10)
-    p.add_argument("--device", default="")
-    p.add_argument("--iters", type=int, default=200, help="QAT iterations per epoch")
-    p.add_argument("--epochs", type=int, default=10, help="QAT epochs (0: PTQ only)")
-    p.add_argument("--seed", type=int, default=57)
-    p.add_argument("--supervision-stride", type=int, default=1, help="supervise every N-th layer's output")
-    p.add_argument("--no-eval-origin", action="store_true", help="skip the float model's evaluation")
-    p.add_argument("--no-eval-ptq", action="store_true", help="skip the PTQ evaluation")
-    p.add_argument("--calib-method", choices=["mse", "percentile", "entropy", "max"], default="percentile")
-    p.add_argument("--calib-batches", type=int, default=25, help="calibration batches read")
-    p.add_argument(
-        "--calib-batch-size",
-        type=int,
-        default=None,
-        help="images per calibration batch (default: --batch-size; independent of the engine's batch)",
-    )
+    from yolov9_qat.quant.options import CALIB_METHODS, DEFAULT_CALIB_METHOD, QuantizeOptions
+
+    add_options(p, QuantizeOptions)  # every other flag and default from the dataclass's fields
     p.add_argument("--skip-layers", default="", help="layers kept in float: 3,7 or a sensitivity.json")
-    p.add_argument(
-        "--placement",
-        choices=["trt", "ort"],
-        default="trt",
-        help="Q/DQ rules: trt (TensorRT's, the record's) or ort (every op's output too: ONNX Runtime's "
-        "integer kernels on the CPU)",
-    )
-    p.add_argument(
-        "--head-float",
-        action="store_true",
-        help="keep the detect head's last 1x1 convs float (as upstream's tools do; default: INT8 in, "
-        "float out); stored in the checkpoint and the ONNX metadata, respected by lint",
-    )
-    p.add_argument("--activation", default=None, help="expected activation (checked against the checkpoint)")
-    p.add_argument("--lr", type=float, default=1e-5, help="QAT learning rate")
-    p.add_argument(
-        "--float-control",
-        action="store_true",
-        help="also fine-tune the float model with the QAT run's exact schedule, quantizers off "
-        "(summary.json: origin_ft; QAT - origin_ft is the cost of quantization alone)",
-    )
-    p.add_argument(
-        "--det-loss-weight",
-        type=float,
-        default=0.0,
-        help="add the detection loss to the feature MSE (0: upstream)",
-    )
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
-    _add_run_flags(p, "qat")
+    p.add_argument("--json-out", default=None, help="also write the figures as JSON here")
 
     p = _command(sub, "eval", "evaluate a QAT checkpoint in PyTorch (fake INT8)")(cmd_eval)
     p.add_argument("--weights", required=True, help="qat_best_<stem>.pt")
@@ -731,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img", "--imgsz", type=int, default=640)
     p.add_argument("--batch-size", "--batch", type=int, default=10)
     p.add_argument("--device", default="")
-    p.add_argument("--calib-method", choices=["mse", "percentile", "entropy", "max"], default="percentile")
+    p.add_argument("--calib-method", choices=CALIB_METHODS, default=DEFAULT_CALIB_METHOD)
     p.add_argument("--calib-batches", type=int, default=25)
     p.add_argument("--workers", type=int, default=2)
     _add_run_flags(p, "qat_sensitive")

@@ -294,7 +294,8 @@ class Detector:
     def _load_torch(self, device: str, half: bool) -> list[str]:
         from yolov9_qat.eval.evaluator import torch_predictor
         from yolov9_qat.models import checkpoint
-        from yolov9_qat.quant.io import apply_qat_state, is_qat_checkpoint
+        from yolov9_qat.models.checkpoint import is_qat_checkpoint
+        from yolov9_qat.quant.io import apply_qat_state
         from yolov9_qat.utils.runs import select_device
 
         dev = select_device(device)

@@ -22,6 +22,7 @@ import yaml
 from yolov9_qat.data import coco
 from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.errors import DataError, UserError
+from yolov9_qat.utils import download
 
 W, H = 64, 48
 
@@ -92,7 +93,7 @@ def archives(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_retry_delay(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(coco, "_RETRY_DELAY", 0.0)
+    monkeypatch.setattr(download, "RETRY_DELAY", 0.0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,12 +291,12 @@ def test_download_resumes_with_range(archives: Path, tmp_path: Path) -> None:
     with serve(archives, cut={"val2017.zip": n}) as srv:
         url = f"{_url(srv)}/val2017.zip"
         with pytest.raises(DataError, match="run again to resume") as err:
-            coco.download_file(url, dest, retries=0, progress=False)
+            download.download_file(url, dest, retries=0, progress=False)
         assert "\n" not in str(err.value) and str(err.value).startswith(f"could not download {url}: ")
         assert not dest.exists() and part.stat().st_size == n
 
         md5 = hashlib.md5(src.read_bytes()).hexdigest()
-        assert coco.download_file(url, dest, f"md5:{md5}", progress=False) == dest
+        assert download.download_file(url, dest, f"md5:{md5}", progress=False) == dest
         assert srv.requests == [("val2017.zip", None), ("val2017.zip", f"bytes={n}-")]
     assert dest.read_bytes() == src.read_bytes() and not part.exists()
 
@@ -315,7 +316,7 @@ def test_server_without_range_support_restarts(archives: Path, tmp_path: Path) -
     dest = tmp_path / "val2017.zip"
     dest.with_name("val2017.zip.part").write_bytes(b"junk from an earlier attempt")
     with serve(archives, ignore_range=True) as srv:
-        coco.download_file(f"{_url(srv)}/val2017.zip", dest, progress=False)
+        download.download_file(f"{_url(srv)}/val2017.zip", dest, progress=False)
         assert srv.requests == [("val2017.zip", "bytes=28-")]
     assert dest.read_bytes() == (archives / "val2017.zip").read_bytes()
 
@@ -325,7 +326,7 @@ def test_complete_part_is_finished_on_416(archives: Path, tmp_path: Path) -> Non
     dest = tmp_path / "val2017.zip"
     dest.with_name("val2017.zip.part").write_bytes((archives / "val2017.zip").read_bytes())
     with serve(archives) as srv:
-        coco.download_file(f"{_url(srv)}/val2017.zip", dest, progress=False)
+        download.download_file(f"{_url(srv)}/val2017.zip", dest, progress=False)
     assert dest.read_bytes() == (archives / "val2017.zip").read_bytes()
 
 

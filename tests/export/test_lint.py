@@ -11,7 +11,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from yolov9_qat.export.lint import DQ, RULES, Q, QdqGraph, lint, lint_file
+from yolov9_qat.export.lint import RULES, lint, lint_file
+from yolov9_qat.export.qdq_graph import DQ, Q, QdqGraph
 
 pytestmark = pytest.mark.cpu
 
@@ -310,6 +311,15 @@ def test_lint_file_bad_files_one_line(tmp_path, content: bytes | None) -> None:
 def test_rule_ids_documented() -> None:
     import yolov9_qat.export.lint as mod
 
-    assert set(RULES) == set(mod.CHECKS)
-    for rule in RULES:
-        assert f"``{rule}``" in (mod.__doc__ or "")
+    assert list(RULES) == list(mod.REGISTRY)
+    for rule_id, registered in mod.REGISTRY.items():
+        assert registered.id == rule_id and RULES[rule_id] == registered.description
+        assert callable(registered.check)
+        assert f"``{rule_id}``" in (mod.__doc__ or "")
+
+
+def test_rule_registered_once() -> None:
+    from yolov9_qat.export.lint import rule
+
+    with pytest.raises(ValueError, match="registered twice"):
+        rule("conv-input", "again")(lambda ctx: [])

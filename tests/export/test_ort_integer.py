@@ -28,9 +28,10 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from yolov9_qat.export.lint import QdqGraph, lint
+from yolov9_qat.export.lint import lint
 from yolov9_qat.export.onnx import ExportOptions, export_onnx
-from yolov9_qat.export.qdq_u8 import IntegerReport, fold_weight, to_ort_integer, to_u8
+from yolov9_qat.export.ort_rewrite import IntegerReport, fold_weight, to_ort_integer, to_u8
+from yolov9_qat.export.qdq_graph import QdqGraph
 
 pytestmark = pytest.mark.cpu
 

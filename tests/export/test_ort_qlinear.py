@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from yolov9_qat.bench.device import cpu_device
-from yolov9_qat.export.lint import DQ, Q, QdqGraph
-from yolov9_qat.export.qdq_u8 import has_output_qdq, sink_dq, to_ort_qlinear, to_u8
+from yolov9_qat.export.ort_rewrite import has_output_qdq, sink_dq, to_ort_qlinear, to_u8
+from yolov9_qat.export.qdq_graph import DQ, Q, QdqGraph
 from yolov9_qat.runtime.onnxruntime import OrtModel
 from yolov9_qat.utils.runs import torch_threads
 

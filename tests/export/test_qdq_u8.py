@@ -9,7 +9,7 @@ import pytest
 from onnx import numpy_helper
 
 from yolov9_qat.export.lint import lint
-from yolov9_qat.export.qdq_u8 import count_qdq, to_u8
+from yolov9_qat.export.ort_rewrite import count_qdq, to_u8
 
 pytestmark = pytest.mark.cpu
 

@@ -10,8 +10,9 @@ import torch
 
 from yolov9_qat.errors import DataError, UserError
 from yolov9_qat.models import checkpoint
+from yolov9_qat.models.checkpoint import gelan_cfg_for
 from yolov9_qat.models.yolo import DetectionModel
-from yolov9_qat.quant.pipeline import evaluate_qat, gelan_cfg_for, quantize
+from yolov9_qat.quant.pipeline import evaluate_qat, quantize
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,7 @@ def _run(weights, data, tmp_path, **kw):
 def test_dual_head_checkpoint_is_reparameterized_then_quantized(
     yolov9_weights, synth_yaml, tmp_path, caplog
 ) -> None:
-    with caplog.at_level(logging.INFO, logger="yolov9_qat.quant"):
+    with caplog.at_level(logging.INFO, logger="yolov9_qat"):
         summary = _run(yolov9_weights, synth_yaml, tmp_path)
     assert any("reparameterizing it onto gelan-n" in r.getMessage() for r in caplog.records)
     assert summary["reparameterized_from"] == "yolov9-n" and summary["cfg"] == "gelan-n"

@@ -23,6 +23,7 @@ from yolov9_qat.record import (
     load_baseline,
     write_device_baseline,
 )
+from yolov9_qat.record.rows import select
 
 pytestmark = pytest.mark.cpu
 
@@ -32,11 +33,8 @@ RTX4050 = RECORD_DIR / "rtx4050.yaml"
 SEED = "seed/000_d6440160449dc7b2.txt"
 GPU = "NVIDIA GeForce RTX 4050 Laptop GPU"
 ACTIVATIONS = ["SiLU", "ReLU", "FReLU", "Mish", "AconC"]
-EVAL_ROWS = {
-    "Origin (Pytorch)": "origin_pytorch",
-    "INT8 (Pytorch)": "int8_pytorch",
-    "INT8 (TensorRT)": "int8_tensorrt",
-}
+#: the seed's evaluation rows by their printed words: the GPU record's evaluation rows
+EVAL_ROWS = {r.label: r.name for r in select("gpu", accuracy=True)}
 METRICS = ["AP", "AP50", "precision", "recall"]
 
 
@@ -48,8 +46,9 @@ def baseline() -> Baseline:
 # ---- a small parser of the seed text ----------------------------------------------------------------
 
 # "INT8 (SiLU)\t1\t2.89 ms\t347\t347" or "\t4\t9.78 ms\t103\t412" or "\tResilience\t20.40 ms\t50\t≈ 400"
+GPU_PRECISIONS = "|".join(re.escape(r.label) for r in select("gpu", latency=True))
 LATENCY_ROW = re.compile(
-    r"^(?:(INT8|FP16|MP) \((\w+)\))?\t(\d+|Resilience)\t(\d+\.\d+) ms\t(\d+)\t(≈ )?(\d+)\s*$"
+    rf"^(?:({GPU_PRECISIONS}) \((\w+)\))?\t(\d+|Resilience)\t(\d+\.\d+) ms\t(\d+)\t(≈ )?(\d+)\s*$"
 )
 
 

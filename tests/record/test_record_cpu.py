@@ -17,6 +17,7 @@ import pytest
 
 from yolov9_qat.record.baseline import load_baseline, write_device_baseline
 from yolov9_qat.record.pipeline import ACTIVATIONS, get_profile
+from yolov9_qat.record.rows import names, select
 
 pytestmark = [pytest.mark.cpu, pytest.mark.slow]
 
@@ -107,16 +108,9 @@ def test_ort_placement_onnxruntime_matches_pytorch(cpu_record, act: str, metric:
     )
 
 
-ACC_ROWS = (
-    "origin_pytorch",
-    "origin_ft_pytorch",
-    "ptq_pytorch",
-    "int8_pytorch",
-    "origin_onnxruntime",
-    "int8_onnxruntime",
-    "int8ort_pytorch",
-    "int8ort_onnxruntime",
-)
+ACC_ROWS = names(select("cpu", accuracy=True))
+#: the quantized latency rows, each compared with the float graph's
+QUANTIZED_LATENCY_ROWS = names(tuple(r for r in select("cpu", latency=True) if r.placement is not None))
 
 
 @pytest.mark.parametrize("metric", ["AP", "AP50", "precision", "recall"])
@@ -129,7 +123,7 @@ def test_accuracy_vs_cpu_baseline(cpu_record, act: str, row: str, metric: str) -
 
 
 @pytest.mark.parametrize("batch", [str(b) for b in PROFILE.bench_batches])
-@pytest.mark.parametrize("kind", ["int8", "int8ort"])
+@pytest.mark.parametrize("kind", QUANTIZED_LATENCY_ROWS)
 def test_int8_fp32_latency_ratio_onnxruntime(cpu_record, act: str, kind: str, batch: str) -> None:
     """INT8 / FP32 latency on ONNX Runtime, measured side by side, vs the baseline's: ``int8`` is
     TensorRT's placement (integer-conv rewrite), ``int8ort`` the ``ort`` placement (QLinear ops).

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from yolov9_qat.record import Baseline, deltas_from_accuracy, load_baseline, render_record
+from yolov9_qat.record.rows import names, select
 from yolov9_qat.record.tables import (
     eval_label,
     fmt_delta,
@@ -90,7 +91,7 @@ def test_latency_table_round_trip(baseline: Baseline) -> None:
 
 
 def test_accuracy_and_delta_tables_round_trip(baseline: Baseline) -> None:
-    labels = {eval_label(k): k for k in ("origin_pytorch", "int8_pytorch", "int8_tensorrt")}
+    labels = {eval_label(k): k for k in names(select("gpu", accuracy=True))}
     blocks = render_accuracy(baseline.data["accuracy"]).split("### Activation ")[1:]
     parsed = {}
     for block in blocks:

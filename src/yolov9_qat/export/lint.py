@@ -6,7 +6,8 @@ package places them). A graph that breaks the rules still builds, but with refor
 ends up no faster than FP16. This module checks an exported graph, so that a placement bug shows up
 as named nodes instead of as a slow engine.
 
-Rules (ids as reported in :attr:`Violation.rule`):
+Rules (ids as reported in :attr:`Violation.rule`; each is a check function registered with
+:func:`rule`, and :data:`RULES` lists them, id -> description, in report order):
 
 ``conv-input``
     every Conv / ConvTranspose (and Gemm / MatMul with a constant weight) reads a DequantizeLinear
@@ -41,7 +42,7 @@ Rules (ids as reported in :attr:`Violation.rule`):
     it all the same).
 ``qdq-format``
     every Q/DQ is 8-bit symmetric: int8 with zero point 0, or, for activations only, uint8 with
-    zero point 128 (the same grid, shifted; the form :mod:`yolov9_qat.export.qdq_u8` writes for
+    zero point 128 (the same grid, shifted; the form :mod:`yolov9_qat.export.ort_rewrite` writes for
     ONNX Runtime); activations per tensor; scales finite and positive; a Q and the DQ reading it use
     one scale and zero point.
 
@@ -60,9 +61,10 @@ prefix of the weight's name (``model.5.cv1``) and the whole names. Matched convs
 weight ``model.22.dfl.conv.weight``), which :data:`yolov9_qat.quant.rules.FLOAT` deliberately leaves
 in float: the distribution integral runs after the head's last DQ, like the rest of the box decode.
 
-Scales and zero points may be initializers or Constant nodes. Two quantizations are the same when
-their scales agree to a relative 1e-6 and their zero points are the same offset from the middle of
-the integer range (int8 zp 0 == uint8 zp 128).
+The graph is read through :class:`yolov9_qat.export.qdq_graph.QdqGraph`: scales and zero points
+may be initializers or Constant nodes, and two quantizations are the same when their scales agree
+to a relative 1e-6 and their zero points are the same offset from the middle of the integer range
+(int8 zp 0 == uint8 zp 128).
 
 A graph with no Q/DQ at all is *not quantized*: :attr:`LintReport.quantized` is ``False``, no rule
 runs and :attr:`LintReport.ok` is ``False`` — a float graph is not a pass of an INT8 check.
@@ -79,21 +81,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
 from yolov9_qat.errors import UserError
-
-#: rule id -> what it checks (details in the module docstring)
-RULES: dict[str, str] = {
-    "conv-input": "every Conv / ConvTranspose / weighted Gemm-MatMul reads a DequantizeLinear output",
-    "conv-weight": "conv weights come through DequantizeLinear (per-channel on the output axis)",
-    "concat-scale": "a Concat's inputs and the Q nodes after it share one scale",
-    "add-scale": "both inputs of a residual Add are dequantized with one scale",
-    "pool-scale": "pools read a DQ output; MaxPool is re-quantized with its input's scale",
-    "resize-scale": "Resize reads a DQ output; nearest Resize is re-quantized with its input's scale",
-    "float-island": "no float compute between INT8 layers",
-    "qdq-format": "8-bit symmetric Q/DQ (int8 zp 0, or uint8 zp 128 for activations), matching pairs",
-}
+from yolov9_qat.export.qdq_graph import (
+    CONST,
+    DQ,
+    TRANSPARENT,
+    Q,
+    QdqGraph,
+    QParams,
+    load_model,
+    weight_shape,
+)
 
 #: rules that do not apply to a graph of another Q/DQ placement (``placement`` in the ONNX metadata,
 #: written by ``export``; see :data:`yolov9_qat.quant.rules.PLACEMENTS`), with the reason
@@ -128,29 +127,9 @@ STAT_KEYS: tuple[str, ...] = (
 #: the float convs accepted by default: the DFL's fixed 1x1 conv (see the module docstring)
 DEFAULT_ALLOW_FLOAT: tuple[str, ...] = ("dfl",)
 
-Q, DQ = "QuantizeLinear", "DequantizeLinear"
 WEIGHTED = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 POOLS = ("MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool")
 RESIZES = ("Resize", "Upsample")
-#: data movement that commutes with per-tensor quantization (input 0 is the data)
-TRANSPARENT = frozenset(
-    {
-        "Reshape",
-        "Flatten",
-        "Squeeze",
-        "Unsqueeze",
-        "Transpose",
-        "Slice",
-        "Split",
-        "Gather",
-        "Identity",
-        "Expand",
-        "Tile",
-        "DepthToSpace",
-        "SpaceToDepth",
-        "Cast",
-    }
-)
 #: elementwise ops: a chain of them over one activation is that activation's epilogue
 POINTWISE = frozenset(
     {
@@ -186,12 +165,6 @@ POINTWISE = frozenset(
         "Cast",
     }
 )
-_NO_VALUE = frozenset({"Shape", "Size"})  # outputs that depend on an activation's shape, not its values
-#: the zero point of each integer type's symmetric grid
-_MIDDLE = {"int8": 0, "uint8": 128, "int16": 0, "uint16": 32768, "int4": 0, "uint4": 8}
-_RTOL = 1e-6
-
-CONST, SHAPE, ACT = "const", "shape", "act"
 
 
 @dataclass(frozen=True)
@@ -243,7 +216,7 @@ class LintReport:
     def counts(self) -> dict[str, int]:
         """Violations per rule id, in :data:`RULES` order."""
         c = Counter(v.rule for v in self.violations)
-        return {r: c[r] for r in RULES if c[r]}
+        return {r: c[r] for r in REGISTRY if c[r]}
 
     def by_rule(self, rule: str) -> list[Violation]:
         return [v for v in self.violations if v.rule == rule]
@@ -278,263 +251,6 @@ class LintReport:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class QParams:
-    """The quantization a Q or DQ node applies."""
-
-    scale: np.ndarray
-    zero_point: np.ndarray  # as int64
-    dtype: str  # numpy name of the integer type: "int8", "uint8", ... ("?" when unknown)
-    axis: int | None  # None: per tensor
-
-    @property
-    def per_tensor(self) -> bool:
-        return self.scale.size == 1
-
-    @property
-    def offset(self) -> np.ndarray:
-        """Zero point relative to the middle of the integer range (0 for a symmetric grid)."""
-        return self.zero_point - _MIDDLE.get(self.dtype, 0)
-
-    @property
-    def bits(self) -> int:
-        return {"int4": 4, "uint4": 4, "int16": 16, "uint16": 16}.get(self.dtype, 8)
-
-    def same(self, other: QParams) -> bool:
-        """The same quantization grid (int8 zp 0 and uint8 zp 128 are the same)."""
-        if self.bits != other.bits or self.scale.size != other.scale.size:
-            return False
-        if self.offset.size != other.offset.size and min(self.offset.size, other.offset.size) != 1:
-            return False
-        return bool(
-            np.allclose(self.scale.ravel(), other.scale.ravel(), rtol=_RTOL, atol=0)
-            and np.array_equal(
-                np.broadcast_to(self.offset.ravel(), self.scale.ravel().shape),
-                np.broadcast_to(other.offset.ravel(), self.scale.ravel().shape),
-            )
-        )
-
-    def describe(self) -> str:
-        sc = f"{float(self.scale.ravel()[0]):.6g}" if self.per_tensor else f"[{self.scale.size} per channel]"
-        zp = self.zero_point.ravel()
-        z = str(int(zp[0])) if zp.size and np.all(zp == zp[0]) else "varied"
-        return f"scale {sc} ({self.dtype} zp {z})"
-
-
-class QdqGraph:
-    """An ONNX graph indexed for Q/DQ analysis: producers, consumers, constants, tensor kinds.
-
-    Every tensor has a kind: ``"const"`` (initializers, Constant outputs and what is computed from
-    them only: weights, weight Q/DQ outputs), ``"shape"`` (computed from an activation's shape) or
-    ``"act"`` (depends on the values of a graph input). ``live`` are the nodes that reach a graph
-    output. Only the top-level graph is read (no If / Loop bodies).
-    """
-
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.model = model
-        g = model.graph
-        self.nodes: list[onnx.NodeProto] = list(g.node)
-        self.init: dict[str, onnx.TensorProto] = {t.name: t for t in g.initializer}
-        self.producer: dict[str, onnx.NodeProto] = {}
-        self.consumers: dict[str, list[onnx.NodeProto]] = {}
-        self._names: dict[int, str] = {}
-        for i, n in enumerate(self.nodes):
-            self._names[id(n)] = n.name or f"{n.op_type}_{i}"
-            for o in n.output:
-                if o:
-                    self.producer[o] = n
-            for t in n.input:
-                if t:
-                    self.consumers.setdefault(t, []).append(n)
-        self.outputs = {o.name for o in g.output}
-        self.kind: dict[str, str] = {}
-        for t in self.init:
-            self.kind[t] = CONST
-        for i in g.input:
-            if i.name not in self.init:
-                self.kind[i.name] = ACT
-        for n in self._topo():
-            kinds = {self.kind.get(t, CONST) for t in n.input if t}
-            if ACT in kinds:
-                k = SHAPE if n.op_type in _NO_VALUE else ACT
-            elif SHAPE in kinds:
-                k = SHAPE
-            else:
-                k = CONST
-            for o in n.output:
-                if o:
-                    self.kind[o] = k
-        self.live = self._live()
-        self._const_cache: dict[str, np.ndarray | None] = {}
-        self._qp: dict[int, tuple[onnx.NodeProto, QParams | None]] = {}
-
-    # -- structure ---------------------------------------------------------------------------
-    def _topo(self) -> list[onnx.NodeProto]:
-        known = set(self.init) | {i.name for i in self.model.graph.input} | {""}
-        pending = list(self.nodes)
-        order: list[onnx.NodeProto] = []
-        while pending:
-            rest = []
-            for n in pending:
-                if all(t in known for t in n.input):
-                    order.append(n)
-                    known.update(n.output)
-                else:
-                    rest.append(n)
-            if len(rest) == len(pending):  # unresolved inputs (not topologically sortable): keep order
-                order.extend(rest)
-                break
-            pending = rest
-        return order
-
-    def _live(self) -> set[int]:
-        live: set[int] = set()
-        stack = [self.producer[o] for o in self.outputs if o in self.producer]
-        while stack:
-            n = stack.pop()
-            if id(n) in live:
-                continue
-            live.add(id(n))
-            stack.extend(self.producer[t] for t in n.input if t in self.producer)
-        return live
-
-    def name(self, node: onnx.NodeProto) -> str:
-        """The node's name (``"<op>_<index>"`` when it has none)."""
-        return self._names[id(node)]
-
-    def live_nodes(self, *ops: str) -> list[onnx.NodeProto]:
-        return [n for n in self.nodes if id(n) in self.live and (not ops or n.op_type in ops)]
-
-    def is_act(self, tensor: str) -> bool:
-        return self.kind.get(tensor) == ACT
-
-    def live_consumers(self, tensor: str) -> list[onnx.NodeProto]:
-        return [n for n in self.consumers.get(tensor, []) if id(n) in self.live]
-
-    # -- constants and Q/DQ parameters --------------------------------------------------------
-    def const(self, tensor: str) -> np.ndarray | None:
-        """The value of an initializer or Constant output (through Identity), else ``None``."""
-        if tensor in self._const_cache:
-            return self._const_cache[tensor]
-        value: np.ndarray | None = None
-        if tensor in self.init:
-            value = numpy_helper.to_array(self.init[tensor])
-        elif tensor in self.producer:
-            n = self.producer[tensor]
-            if n.op_type == "Constant":
-                value = _constant_value(n)
-            elif n.op_type == "Identity":
-                value = self.const(n.input[0])
-        self._const_cache[tensor] = value
-        return value
-
-    def qparams(self, node: onnx.NodeProto) -> QParams | None:
-        """Scale, zero point, integer type and axis of a Q or DQ node (``None``: not constant)."""
-        hit = self._qp.get(id(node))
-        if hit is None or hit[0] is not node:  # keyed by id: check it is the same object
-            hit = self._qp[id(node)] = (node, self._read_qparams(node))
-        return hit[1]
-
-    def _read_qparams(self, node: onnx.NodeProto) -> QParams | None:
-        scale = self.const(node.input[1]) if len(node.input) > 1 else None
-        if scale is None:
-            return None
-        zp_name = node.input[2] if len(node.input) > 2 else ""
-        zp = self.const(zp_name) if zp_name else None
-        if zp_name and zp is None:
-            return None
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if zp is not None:
-            dtype = zp.dtype.name
-        elif attrs.get("output_dtype"):
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(attrs["output_dtype"]).name
-        elif node.op_type == Q:
-            dtype = "uint8"  # ONNX default
-        else:
-            dtype = self._dq_input_dtype(node)
-        zp_arr = np.zeros(1, np.int64) if zp is None else np.asarray(zp).astype(np.int64)
-        scale = np.asarray(scale, dtype=np.float64)
-        axis = int(attrs.get("axis", 1)) if scale.size > 1 else None
-        return QParams(scale, zp_arr, dtype, axis)
-
-    def _dq_input_dtype(self, node: onnx.NodeProto) -> str:
-        src = self.producer.get(node.input[0])
-        if src is not None and src.op_type == Q:
-            qp = self.qparams(src)
-            return qp.dtype if qp else "?"
-        value = self.const(node.input[0])
-        return value.dtype.name if value is not None else "?"
-
-    def is_weight(self, node: onnx.NodeProto) -> bool:
-        """A Q / DQ on a constant (a weight) rather than on an activation."""
-        return self.kind.get(node.input[0], CONST) == CONST
-
-    # -- walks ---------------------------------------------------------------------------------
-    def dq_source(self, tensor: str) -> onnx.NodeProto | None:
-        """The DQ node ``tensor`` comes from, directly or through data-movement ops, else ``None``."""
-        seen = 0
-        while tensor in self.producer and seen < 64:
-            n = self.producer[tensor]
-            if n.op_type == DQ:
-                return n
-            if n.op_type not in TRANSPARENT or not n.input:
-                return None
-            tensor = n.input[0]
-            seen += 1
-        return None
-
-    def root(self, tensor: str) -> str:
-        """``tensor`` followed back through data-movement ops to where its values were computed."""
-        seen = 0
-        while tensor in self.producer and seen < 64:
-            n = self.producer[tensor]
-            if n.op_type not in TRANSPARENT or not n.input or not self.is_act(n.input[0]):
-                break
-            tensor = n.input[0]
-            seen += 1
-        return tensor
-
-    def requant(self, tensor: str) -> list[onnx.NodeProto]:
-        """The activation Q nodes that quantize ``tensor``, directly or through data-movement ops."""
-        found: list[onnx.NodeProto] = []
-        stack, seen = [tensor], {tensor}
-        while stack:
-            t = stack.pop()
-            for n in self.live_consumers(t):
-                if n.op_type == Q and n.input[0] == t:
-                    found.append(n)
-                elif n.op_type in TRANSPARENT and n.input[0] == t:
-                    for o in n.output:
-                        if o and o not in seen:
-                            seen.add(o)
-                            stack.append(o)
-        return found
-
-    def head_of_q(self) -> set[int]:
-        """The live activation nodes from which an activation Q can be reached (the rest: the tail)."""
-        out: set[int] = set()
-        stack = [n for n in self.live_nodes(Q) if not self.is_weight(n)]
-        while stack:
-            n = stack.pop()
-            if id(n) in out:
-                continue
-            out.add(id(n))
-            for t in n.input:
-                p = self.producer.get(t)
-                if p is not None and self.is_act(t):
-                    stack.append(p)
-        return out
-
-
-def _constant_value(node: onnx.NodeProto) -> np.ndarray | None:
-    for a in node.attribute:
-        if a.name == "value":
-            return numpy_helper.to_array(a.t)
-        if a.name in ("value_float", "value_floats", "value_int", "value_ints"):
-            return np.asarray(onnx.helper.get_attribute_value(a))
-    return None
-
-
 # -- rules -------------------------------------------------------------------------------------
 
 
@@ -550,6 +266,35 @@ class _Context:
         if id(node) in self.tail_free:
             return True
         return any(self.g.dq_source(t) is not None for t in node.input if self.g.is_act(t))
+
+
+#: a rule's check: the violations it finds in the graph of a :class:`_Context`
+Check = Callable[[_Context], list[Violation]]
+
+
+@dataclass(frozen=True)
+class LintRule:
+    """A registered rule: its id (as in :attr:`Violation.rule`), what it checks, its check."""
+
+    id: str
+    description: str
+    check: Check
+
+
+#: rule id -> :class:`LintRule`, in report order (the order the checks are defined below)
+REGISTRY: dict[str, LintRule] = {}
+
+
+def rule(rule_id: str, description: str) -> Callable[[Check], Check]:
+    """Register the decorated check as rule ``rule_id`` (``description``: one line for :data:`RULES`)."""
+
+    def register(check: Check) -> Check:
+        if rule_id in REGISTRY:
+            raise ValueError(f"lint rule {rule_id!r} is registered twice")
+        REGISTRY[rule_id] = LintRule(rule_id, description, check)
+        return check
+
+    return register
 
 
 def _float_convs(meta: dict[str, str]) -> tuple[str, ...]:
@@ -591,6 +336,7 @@ def _is_allowed_conv(ctx: _Context, node: onnx.NodeProto, weight: str) -> bool:
     return _allowed(ctx.g.name(node), weight, ctx.allow)
 
 
+@rule("conv-input", "every Conv / ConvTranspose / weighted Gemm-MatMul reads a DequantizeLinear output")
 def check_conv_input(ctx: _Context) -> list[Violation]:
     """``conv-input``: every conv-like node reads a DQ output on its data input."""
     g, out = ctx.g, []
@@ -621,13 +367,7 @@ def _expected_axis(g: QdqGraph, node: onnx.NodeProto) -> int:
     return 0
 
 
-def _weight_shape(g: QdqGraph, dq: onnx.NodeProto) -> tuple[int, ...] | None:
-    src = g.producer.get(dq.input[0])
-    t = src.input[0] if src is not None and src.op_type == Q else dq.input[0]
-    value = g.const(t)
-    return None if value is None else tuple(value.shape)
-
-
+@rule("conv-weight", "conv weights come through DequantizeLinear (per-channel on the output axis)")
 def check_conv_weight(ctx: _Context) -> list[Violation]:
     """``conv-weight``: weights come through DQ of a constant, per-channel on the output axis."""
     g, out = ctx.g, []
@@ -652,7 +392,7 @@ def check_conv_weight(ctx: _Context) -> list[Violation]:
         if qp is None or qp.per_tensor:
             continue
         axis = _expected_axis(g, n)
-        shape = _weight_shape(g, dq)
+        shape = weight_shape(g, dq)
         rank = len(shape) if shape else None
         got = qp.axis if qp.axis is None or qp.axis >= 0 or rank is None else qp.axis + rank
         want = axis if axis >= 0 or rank is None else axis + rank
@@ -708,6 +448,7 @@ def _describe(g: QdqGraph, items: Sequence[tuple[str, onnx.NodeProto, QParams | 
     return "; ".join(f"{qp.describe() if qp else 'non-constant'}: {', '.join(ls)}" for qp, ls in groups)
 
 
+@rule("concat-scale", "a Concat's inputs and the Q nodes after it share one scale")
 def check_concat_scale(ctx: _Context) -> list[Violation]:
     """``concat-scale``: one scale over a Concat's quantized inputs and the Q nodes after it."""
     g, out = ctx.g, []
@@ -766,6 +507,7 @@ def _source(g: QdqGraph, tensor: str, memo: dict[str, str]) -> str:
     return src
 
 
+@rule("add-scale", "both inputs of a residual Add are dequantized with one scale")
 def check_add_scale(ctx: _Context) -> list[Violation]:
     """``add-scale``: both inputs of a residual Add come from DQ nodes of one scale."""
     g, out, memo = ctx.g, [], {}
@@ -810,7 +552,7 @@ def _commutes(node: onnx.NodeProto) -> bool:
     return False
 
 
-def _check_passthrough(ctx: _Context, ops: Sequence[str], rule: str, stat: str) -> list[Violation]:
+def _check_passthrough(ctx: _Context, ops: Sequence[str], rule_id: str, stat: str) -> list[Violation]:
     g, out = ctx.g, []
     for n in g.live_nodes(*ops):
         if not n.input or not g.is_act(n.input[0]) or not ctx.checked(n):
@@ -821,7 +563,7 @@ def _check_passthrough(ctx: _Context, ops: Sequence[str], rule: str, stat: str) 
             p = g.producer.get(n.input[0])
             src = f"{p.op_type} {g.name(p)}" if p is not None else "a graph input"
             out.append(
-                Violation(rule, (g.name(n),), f"{n.op_type} reads a float input (from {src}), not a DQ")
+                Violation(rule_id, (g.name(n),), f"{n.op_type} reads a float input (from {src}), not a DQ")
             )
             continue
         if not _commutes(n):
@@ -831,7 +573,7 @@ def _check_passthrough(ctx: _Context, ops: Sequence[str], rule: str, stat: str) 
         if len(_distinct(items)) > 1:
             out.append(
                 Violation(
-                    rule,
+                    rule_id,
                     (g.name(n), *(g.name(q) for _, q, _ in items)),
                     f"re-quantized with a different scale: {_describe(g, items)}",
                 )
@@ -839,11 +581,13 @@ def _check_passthrough(ctx: _Context, ops: Sequence[str], rule: str, stat: str) 
     return out
 
 
+@rule("pool-scale", "pools read a DQ output; MaxPool is re-quantized with its input's scale")
 def check_pool_scale(ctx: _Context) -> list[Violation]:
     """``pool-scale``: pools read a DQ; MaxPool is re-quantized with its input's scale."""
     return _check_passthrough(ctx, POOLS, "pool-scale", "pools_checked")
 
 
+@rule("resize-scale", "Resize reads a DQ output; nearest Resize is re-quantized with its input's scale")
 def check_resize_scale(ctx: _Context) -> list[Violation]:
     """``resize-scale``: Resize reads a DQ; nearest Resize is re-quantized with its input's scale."""
     return _check_passthrough(ctx, RESIZES, "resize-scale", "resizes_checked")
@@ -870,6 +614,7 @@ def _upstream_conv(g: QdqGraph, tensor: str) -> list[onnx.NodeProto]:
     return found
 
 
+@rule("float-island", "no float compute between INT8 layers")
 def check_float_island(ctx: _Context) -> list[Violation]:
     """``float-island``: float compute between INT8 layers."""
     g, out = ctx.g, []
@@ -910,6 +655,7 @@ def check_float_island(ctx: _Context) -> list[Violation]:
     return out
 
 
+@rule("qdq-format", "8-bit symmetric Q/DQ (int8 zp 0, or uint8 zp 128 for activations), matching pairs")
 def check_qdq_format(ctx: _Context) -> list[Violation]:
     """``qdq-format``: 8-bit symmetric Q/DQ, per-tensor activations, matching Q->DQ pairs."""
     g, out = ctx.g, []
@@ -951,31 +697,8 @@ def check_qdq_format(ctx: _Context) -> list[Violation]:
     return out
 
 
-#: rule id -> check, in report order
-CHECKS: dict[str, Callable[[_Context], list[Violation]]] = {
-    "conv-input": check_conv_input,
-    "conv-weight": check_conv_weight,
-    "concat-scale": check_concat_scale,
-    "add-scale": check_add_scale,
-    "pool-scale": check_pool_scale,
-    "resize-scale": check_resize_scale,
-    "float-island": check_float_island,
-    "qdq-format": check_qdq_format,
-}
-
-
-def load_model(path: str | Path) -> onnx.ModelProto:
-    """Read an ONNX file; a missing or malformed file is a :class:`UserError`."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: no such ONNX file")
-    try:
-        model = onnx.load(str(p))
-    except Exception as e:  # protobuf decode errors and the like
-        raise UserError(f"{p}: not a readable ONNX model ({type(e).__name__})") from None
-    if not model.graph.node or not model.graph.output:
-        raise UserError(f"{p}: not an ONNX model (no graph nodes or outputs)")
-    return model
+#: rule id -> what it checks (details in the module docstring), in report order
+RULES: dict[str, str] = {r.id: r.description for r in REGISTRY.values()}
 
 
 def lint(
@@ -1005,10 +728,10 @@ def lint(
         placement = meta.get("placement", "trt")
     allow_float = tuple(allow_float) + _float_convs(meta)
     skipped = dict(PLACEMENT_EXEMPT.get(placement, {})) if rules is None else {}
-    selected = [r for r in RULES if r not in skipped] if rules is None else list(rules)
-    unknown = [r for r in selected if r not in CHECKS]
+    selected = [r for r in REGISTRY if r not in skipped] if rules is None else list(rules)
+    unknown = [r for r in selected if r not in REGISTRY]
     if unknown:
-        raise UserError(f"unknown lint rule(s) {', '.join(unknown)}; rules: {', '.join(RULES)}")
+        raise UserError(f"unknown lint rule(s) {', '.join(unknown)}; rules: {', '.join(REGISTRY)}")
     live = g.live_nodes()
     stats: Counter = Counter(dict.fromkeys(STAT_KEYS, 0))
     stats.update(nodes=len(live), dead_nodes=len(g.nodes) - len(live))
@@ -1035,9 +758,9 @@ def lint(
     )
     ctx = _Context(g, tuple(allow_float), stats, tail_free)
     violations: list[Violation] = []
-    for rule in RULES:
-        if rule in selected:
-            violations.extend(CHECKS[rule](ctx))
+    for rule_id, registered in REGISTRY.items():
+        if rule_id in selected:
+            violations.extend(registered.check(ctx))
     return LintReport(
         violations,
         dict(stats),

@@ -80,8 +80,8 @@ def load_for_export(weights: str | Path) -> tuple[DetectionModel, dict[str, Any]
     """The model a checkpoint holds, ready to export: a QAT checkpoint's fake-quantized model, or the
     fused float GELAN model (a dual-head YOLOv9 is reparameterized first)."""
     from yolov9_qat.models import checkpoint
-    from yolov9_qat.quant.io import apply_qat_state, is_qat_checkpoint
-    from yolov9_qat.quant.pipeline import load_float_model
+    from yolov9_qat.models.checkpoint import is_qat_checkpoint, load_float_model
+    from yolov9_qat.quant.io import apply_qat_state
 
     ck = checkpoint.load(weights)
     if is_qat_checkpoint(ck):

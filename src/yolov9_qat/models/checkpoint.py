@@ -14,6 +14,7 @@ This package's own format is plain data — loadable with ``torch.load(weights_o
 
 from __future__ import annotations
 
+import logging
 import pickle
 import types
 import zipfile
@@ -24,10 +25,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from yolov9_qat.errors import CheckpointError
+from yolov9_qat.errors import CheckpointError, ConfigError, UserError
 from yolov9_qat.models.activations import activation_of
-from yolov9_qat.models.yolo import DetectionModel
+from yolov9_qat.models.reparam import reparameterize
+from yolov9_qat.models.yolo import DetectionModel, shipped_configs
 from yolov9_qat.utils.files import atomic_save
+
+log = logging.getLogger("yolov9_qat.models")
 
 FORMAT = "yolov9-qat"
 VERSION = 1
@@ -230,3 +234,62 @@ def save(model: DetectionModel, path: str | Path, meta: dict[str, Any] | None = 
     """Write ``model`` in the own format, atomically (temp file + rename)."""
     ckpt = to_dict(model, meta, **extra)
     return atomic_save(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+# --- the float model a checkpoint holds, ready to quantize or export ---------------------------------
+def is_qat_checkpoint(ck: Checkpoint) -> bool:
+    """Whether a checkpoint holds a QAT model (its quantizer state under ``extra["qat"]``)."""
+    return isinstance(ck.extra.get("qat"), dict)
+
+
+def gelan_cfg_for(model: DetectionModel) -> str:
+    """The shipped GELAN config a dual-head YOLOv9 model reparameterizes onto: its config name with
+    ``yolov9`` replaced by ``gelan`` (``yolov9-c`` -> ``gelan-c``)."""
+    name = model.cfg_name
+    gelan = name.replace("yolov9", "gelan")
+    if gelan == name or gelan not in shipped_configs():
+        raise UserError(
+            f"{name!r} is a dual-head YOLOv9 model and there is no GELAN config {gelan!r} to "
+            "reparameterize it onto; convert it first with "
+            "`yolov9-qat reparameterize --weights W --cfg GELAN_CFG --out W-converted.pt`"
+        )
+    return gelan
+
+
+def load_float_model(
+    weights: str | Path, activation: str | None = None
+) -> tuple[DetectionModel, dict[str, Any]]:
+    """The fused float GELAN model of a checkpoint (reparameterized when it is a dual-head YOLOv9)."""
+    ck = load(weights)
+    if is_qat_checkpoint(ck):
+        raise UserError(
+            f"{weights} is already a QAT checkpoint; quantize its float model, or evaluate it with `yolov9-qat eval`"
+        )
+    model = ck.model
+    info: dict[str, Any] = {"source": ck.source, "cfg": model.cfg_name, "reparameterized_from": None}
+    if activation is not None:
+        from yolov9_qat.models.activations import canonical_activation
+
+        if canonical_activation(activation) != model.activation:
+            raise UserError(
+                f"{weights} was built with activation {model.activation}, not {canonical_activation(activation)}"
+            )
+    if model.is_dual:
+        gelan = gelan_cfg_for(model)
+        log.info(
+            "%s is a dual-head YOLOv9 model (%s): reparameterizing it onto %s (the GELAN config named "
+            "after it); give a converted checkpoint (`yolov9-qat reparameterize`) to choose another",
+            Path(weights).name,
+            model.cfg_name,
+            gelan,
+        )
+        try:
+            model = reparameterize(model, gelan)
+        except ConfigError as e:
+            raise UserError(
+                f"cannot reparameterize {model.cfg_name!r} onto {gelan!r} ({e}); convert it with "
+                "`yolov9-qat reparameterize --weights W --cfg GELAN_CFG --out W-converted.pt`"
+            ) from None
+        info.update(reparameterized_from=info["cfg"], cfg=gelan)
+    info["activation"] = model.activation
+    return model.fuse().eval(), info

@@ -25,6 +25,7 @@ import torch
 
 from yolov9_qat.errors import CheckpointError
 from yolov9_qat.models import checkpoint
+from yolov9_qat.models.checkpoint import is_qat_checkpoint
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.quant import rules
 from yolov9_qat.utils.files import atomic_save
@@ -84,10 +85,6 @@ def save_qat(
     ckpt = checkpoint.to_dict(model, meta, qat=qat_state(model), **extra)
     ckpt["state_dict"] = float_state_dict(model)
     return atomic_save(path, lambda tmp: torch.save(ckpt, tmp))
-
-
-def is_qat_checkpoint(ck: checkpoint.Checkpoint) -> bool:
-    return isinstance(ck.extra.get("qat"), dict)
 
 
 def apply_qat_state(

@@ -9,6 +9,7 @@ first), fuse it, evaluate it (Origin), insert quantizers and calibrate (PTQ, eva
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import random
 import time
@@ -22,13 +23,14 @@ import torch
 from yolov9_qat import cfg as cfgs
 from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
-from yolov9_qat.errors import ConfigError, UserError
+from yolov9_qat.errors import UserError
 from yolov9_qat.eval.evaluator import Evaluator, torch_predictor
 from yolov9_qat.models import checkpoint
-from yolov9_qat.models.reparam import reparameterize
-from yolov9_qat.models.yolo import DetectionModel, shipped_configs
+from yolov9_qat.models.checkpoint import load_float_model
+from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.quant import distributed
-from yolov9_qat.quant.io import is_qat_checkpoint, load_qat, save_qat
+from yolov9_qat.quant.io import load_qat, save_qat
+from yolov9_qat.quant.options import QuantizeOptions
 from yolov9_qat.quant.qat import METRIC_KEYS, qat_finetune
 from yolov9_qat.quant.quantize import (
     DEFAULT_CALIB_METHOD,
@@ -42,59 +44,6 @@ from yolov9_qat.utils.files import atomic_write_json, atomic_write_text
 from yolov9_qat.utils.runs import run_dir, select_device
 
 log = logging.getLogger("yolov9_qat.quant")
-
-
-def gelan_cfg_for(model: DetectionModel) -> str:
-    """The shipped GELAN config a dual-head YOLOv9 model reparameterizes onto: its config name with
-    ``yolov9`` replaced by ``gelan`` (``yolov9-c`` -> ``gelan-c``)."""
-    name = model.cfg_name
-    gelan = name.replace("yolov9", "gelan")
-    if gelan == name or gelan not in shipped_configs():
-        raise UserError(
-            f"{name!r} is a dual-head YOLOv9 model and there is no GELAN config {gelan!r} to "
-            "reparameterize it onto; convert it first with "
-            "`yolov9-qat reparameterize --weights W --cfg GELAN_CFG --out W-converted.pt`"
-        )
-    return gelan
-
-
-def load_float_model(
-    weights: str | Path, activation: str | None = None
-) -> tuple[DetectionModel, dict[str, Any]]:
-    """The fused float GELAN model of a checkpoint (reparameterized when it is a dual-head YOLOv9)."""
-    ck = checkpoint.load(weights)
-    if is_qat_checkpoint(ck):
-        raise UserError(
-            f"{weights} is already a QAT checkpoint; quantize its float model, or evaluate it with `yolov9-qat eval`"
-        )
-    model = ck.model
-    info: dict[str, Any] = {"source": ck.source, "cfg": model.cfg_name, "reparameterized_from": None}
-    if activation is not None:
-        from yolov9_qat.models.activations import canonical_activation
-
-        if canonical_activation(activation) != model.activation:
-            raise UserError(
-                f"{weights} was built with activation {model.activation}, not {canonical_activation(activation)}"
-            )
-    if model.is_dual:
-        gelan = gelan_cfg_for(model)
-        log.info(
-            "%s is a dual-head YOLOv9 model (%s): reparameterizing it onto %s (the GELAN config named "
-            "after it); give a converted checkpoint (`yolov9-qat reparameterize`) to choose another",
-            Path(weights).name,
-            model.cfg_name,
-            gelan,
-        )
-        try:
-            model = reparameterize(model, gelan)
-        except ConfigError as e:
-            raise UserError(
-                f"cannot reparameterize {model.cfg_name!r} onto {gelan!r} ({e}); convert it with "
-                "`yolov9-qat reparameterize --weights W --cfg GELAN_CFG --out W-converted.pt`"
-            ) from None
-        info.update(reparameterized_from=info["cfg"], cfg=gelan)
-    info["activation"] = model.activation
-    return model.fuse().eval(), info
 
 
 def _seed(seed: int) -> None:
@@ -164,37 +113,13 @@ def _loaders(
 def quantize(
     weights: str | Path,
     data: str | Path,
-    hyp: str | Path | Mapping[str, Any] | None = None,
-    img: int = 640,
-    batch_size: int = 10,
-    device: str = "",
-    iters: int = 200,
-    epochs: int = 10,
-    seed: int = 57,
-    supervision_stride: int = 1,
-    eval_origin: bool = True,
-    eval_ptq: bool = True,
-    calib_method: str = DEFAULT_CALIB_METHOD,
-    calib_batches: int = 25,
-    skip_layers: Iterable[int] = (),
-    project: str | Path = "runs/qat",
-    name: str = "exp",
-    exist_ok: bool = False,
-    activation: str | None = None,
-    percentile: float = DEFAULT_PERCENTILE,
-    lr: float = 1e-5,
-    workers: int = 8,
-    progress: bool = True,
-    det_loss_weight: float = 0.0,
-    placement: str = "trt",
-    float_control: bool = False,
-    calib_batch_size: int | None = None,
-    head_float: bool = False,
+    options: QuantizeOptions | None = None,
+    **overrides: Any,
 ) -> dict[str, Any]:
     """Origin -> PTQ -> QAT for one checkpoint; returns the summary also written to ``summary.json``.
 
-    Defaults are upstream YOLOv9-QAT's (batch 10, 200 iterations x 10 epochs, lr 1e-5, seed 57,
-    histogram calibration at the 99.999th percentile over 25 batches). ``activation``, when given,
+    The settings are ``options`` (default :class:`~yolov9_qat.quant.options.QuantizeOptions`, upstream
+    YOLOv9-QAT's) with ``overrides`` (field names) replaced. ``activation``, when given,
     must be the checkpoint's (a guard for scripts that run one activation after another).
     ``placement``: ``trt`` (TensorRT's Q/DQ rules) or ``ort`` (also every op's output, for ONNX
     Runtime's integer kernels on the CPU; see :mod:`yolov9_qat.quant.rules`). ``calib_batch_size``:
@@ -215,23 +140,31 @@ def quantize(
     MSE alone (``det_loss_weight == 0``) the float model's loss against itself is zero, so the control
     is Origin itself and is not run.
     """
+    try:
+        o = dataclasses.replace(options or QuantizeOptions(), **overrides)
+    except TypeError as e:  # an unknown option name
+        raise TypeError(f"quantize(): {e}") from None
     t_start = time.perf_counter()
-    _seed(seed)
+    _seed(o.seed)
     ctx = distributed.from_env()
-    if batch_size < ctx.world:
-        raise UserError(f"--batch-size {batch_size} is smaller than the number of processes ({ctx.world})")
-    dev = distributed.setup(ctx, device) or select_device(device)
+    if o.batch_size < ctx.world:
+        raise UserError(f"--batch-size {o.batch_size} is smaller than the number of processes ({ctx.world})")
+    dev = distributed.setup(ctx, o.device) or select_device(o.device)
     main = ctx.main
     if not main:  # rank 0 speaks for the run
         logging.getLogger("yolov9_qat").setLevel(logging.WARNING)
     data_d = load_data_yaml(data)
-    hyp_d = _hyp(hyp)
-    float_model, info = load_float_model(weights, activation)
+    hyp_d = _hyp(o.hyp)
+    float_model, info = load_float_model(weights, o.activation)
     _check_nc(float_model, data_d, weights)
-    train_loader = _train_loader(data_d, img, batch_size // ctx.world, hyp_d, workers, seed, ctx)
-    evaluator = Evaluator.for_data(data_d, img, batch_size=batch_size, workers=workers) if main else None
-    selector = Evaluator.for_selection(data_d, img, batch_size=batch_size, workers=workers) if main else None
-    save_dir = Path(ctx.broadcast(str(run_dir(project, name, exist_ok)) if main else None))
+    train_loader = _train_loader(data_d, o.img, o.batch_size // ctx.world, hyp_d, o.workers, o.seed, ctx)
+    evaluator = (
+        Evaluator.for_data(data_d, o.img, batch_size=o.batch_size, workers=o.workers) if main else None
+    )
+    selector = (
+        Evaluator.for_selection(data_d, o.img, batch_size=o.batch_size, workers=o.workers) if main else None
+    )
+    save_dir = Path(ctx.broadcast(str(run_dir(o.project, o.name, o.exist_ok)) if main else None))
     wdir = save_dir / "weights"
     if main:
         wdir.mkdir(parents=True, exist_ok=True)
@@ -241,24 +174,24 @@ def quantize(
         "weights": str(weights),
         **info,
         "data": str(data_d.get("yaml_file", data)),
-        "img": img,
-        "batch_size": batch_size,
+        "img": o.img,
+        "batch_size": o.batch_size,
         "device": str(dev),
         "processes": ctx.world,
         "rank": max(ctx.rank, 0),
-        "placement": placement,
-        "head_float": head_float,
-        "calib_method": calib_method,
-        "percentile": percentile,
-        "calib_batches": calib_batches,
-        "calib_batch_size": calib_batch_size or batch_size,
-        "skip_layers": sorted(int(i) for i in skip_layers),
-        "iters": iters,
-        "epochs_requested": epochs,
-        "lr": lr,
-        "supervision_stride": supervision_stride,
-        "det_loss_weight": det_loss_weight,
-        "seed": seed,
+        "placement": o.placement,
+        "head_float": o.head_float,
+        "calib_method": o.calib_method,
+        "percentile": o.percentile,
+        "calib_batches": o.calib_batches,
+        "calib_batch_size": o.calib_batch_size or o.batch_size,
+        "skip_layers": sorted(int(i) for i in o.skip_layers),
+        "iters": o.iters,
+        "epochs_requested": o.epochs,
+        "lr": o.lr,
+        "supervision_stride": o.supervision_stride,
+        "det_loss_weight": o.det_loss_weight,
+        "seed": o.seed,
         "save_dir": str(save_dir),
         "selection": selector.split if selector else None,
         "reported": "val",
@@ -277,23 +210,25 @@ def quantize(
             atomic_write_json(summary_path, summary)
 
     float_model.to(dev)
-    if eval_origin and main:
-        summary["origin"] = _evaluate(evaluator, float_model, dev, progress, "Origin")
+    if o.eval_origin and main:
+        summary["origin"] = _evaluate(evaluator, float_model, dev, o.progress, "Origin")
         log.info("Origin: %s", _fmt(summary["origin"]))
 
     qat_model = prepare_qat_model(
-        copy.deepcopy(float_model), calib_method, percentile, skip_layers, placement, head_float
+        copy.deepcopy(float_model), o.calib_method, o.percentile, o.skip_layers, o.placement, o.head_float
     )
     calib_loader = train_loader
-    if ctx.active or (calib_batch_size and calib_batch_size != batch_size):
+    if ctx.active or (o.calib_batch_size and o.calib_batch_size != o.batch_size):
         # every rank reads the batches one process reads; calibrate() takes this rank's share
-        calib_loader = _train_loader(data_d, img, calib_batch_size or batch_size, hyp_d, workers, seed)
+        calib_loader = _train_loader(
+            data_d, o.img, o.calib_batch_size or o.batch_size, hyp_d, o.workers, o.seed
+        )
     summary["calibration"] = calibrate(
-        qat_model, calib_loader, calib_batches, device=dev, progress=progress and main, ctx=ctx
+        qat_model, calib_loader, o.calib_batches, device=dev, progress=o.progress and main, ctx=ctx
     )
-    meta = {"origin_weights": str(weights), "data": summary["data"], "img": img}
-    if eval_ptq and main:
-        summary["ptq"] = _evaluate(evaluator, qat_model, dev, progress, "PTQ")
+    meta = {"origin_weights": str(weights), "data": summary["data"], "img": o.img}
+    if o.eval_ptq and main:
+        summary["ptq"] = _evaluate(evaluator, qat_model, dev, o.progress, "PTQ")
         log.info("PTQ: %s", _fmt(summary["ptq"]))
     if main:
         save_qat(qat_model, paths["ptq"], meta={**meta, "stage": "ptq", "metrics": summary["ptq"]})
@@ -307,18 +242,18 @@ def quantize(
 
     def finetune(student: DetectionModel, on_end=None):
         # the same batches in the same order for every run of this call (QAT and its float control)
-        train_loader.generator.manual_seed(seed)
+        train_loader.generator.manual_seed(o.seed)
         return qat_finetune(
-            student, float_model, train_loader, selector, epochs=epochs, iters=iters, lr=lr,
-            supervision_stride=supervision_stride, det_loss_weight=det_loss_weight, hyp=hyp_d,
-            device=dev, progress=progress and main, on_epoch_end=on_end if main else None, ctx=ctx,
+            student, float_model, train_loader, selector, epochs=o.epochs, iters=o.iters, lr=o.lr,
+            supervision_stride=o.supervision_stride, det_loss_weight=o.det_loss_weight, hyp=hyp_d,
+            device=dev, progress=o.progress and main, on_epoch_end=on_end if main else None, ctx=ctx,
         )  # fmt: skip
 
-    if epochs > 0:
+    if o.epochs > 0:
         result = finetune(qat_model, on_epoch_end)  # leaves the model at its best epoch (selection split)
         check_amax(qat_model, "after QAT")
         if main:
-            best = _evaluate(evaluator, qat_model, dev, progress, "QAT best")
+            best = _evaluate(evaluator, qat_model, dev, o.progress, "QAT best")
             summary["best"] = {"epoch": result.best_epoch, **best, "select": _short_select(result.best)}
             save_qat(
                 qat_model, paths["qat_best"],
@@ -329,10 +264,10 @@ def quantize(
         for key in ("qat_best", "qat_last"):
             save_qat(qat_model, paths[key], meta={**meta, "stage": "ptq", "metrics": summary["ptq"]})
     write_summary()
-    if float_control:
+    if o.float_control:
         out = wdir / f"origin_ft_{stem}.pt"
         summary["origin_ft"] = _float_control(
-            summary, float_model, finetune, evaluator if main else None, dev, progress, out
+            summary, float_model, finetune, evaluator if main else None, dev, o.progress, out
         )
         if out.is_file():
             summary["weights_out"]["origin_ft"] = str(out)

@@ -30,6 +30,7 @@ from yolov9_qat.eval.evaluator import Evaluator, torch_predictor
 from yolov9_qat.models.heads import DFL
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.quant.distributed import DistContext
+from yolov9_qat.utils.tensors import tensors
 
 log = logging.getLogger("yolov9_qat.quant")
 
@@ -122,14 +123,6 @@ class QATResult:
         return self.epochs[self.best_epoch - 1] if self.best_epoch else None
 
 
-def _tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in _tensors(o)]
-    return []
-
-
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -220,7 +213,7 @@ def qat_finetune(
                         dl, _ = det_loss(preds, batch[1].to(device))
                         loss = loss + det_loss_weight * dl / x.shape[0]
                     elif ctx.active:  # DDP reduces every parameter the forward used: give the head's
-                        loss = loss + 0.0 * sum(t.sum() for t in _tensors(preds))  # (unsupervised) zeros
+                        loss = loss + 0.0 * sum(t.sum() for t in tensors(preds))  # (unsupervised) zeros
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)

@@ -33,15 +33,9 @@ from yolov9_qat.quant import rules
 from yolov9_qat.quant.calib import DEFAULT_BINS, FixedRangeHistogram
 from yolov9_qat.quant.distributed import DistContext
 from yolov9_qat.quant.modules import register_twins
+from yolov9_qat.quant.options import CALIB_METHODS, DEFAULT_CALIB_METHOD, DEFAULT_PERCENTILE
 
 log = logging.getLogger("yolov9_qat.quant")
-
-#: ``max``: the largest |x| seen; histogram methods: ``percentile`` (of |x|), ``mse`` (least squared
-#: quantization error), ``entropy`` (least KL divergence, TensorRT's classic calibrator)
-CALIB_METHODS: tuple[str, ...] = ("percentile", "mse", "entropy", "max")
-#: upstream YOLOv9-QAT calibrates with a histogram at the 99.999th percentile over 25 batches
-DEFAULT_CALIB_METHOD = "percentile"
-DEFAULT_PERCENTILE = 99.999
 
 
 def _input_cfg() -> dict[str, Any]:

@@ -50,13 +50,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from torch import nn
 
 from yolov9_qat.errors import UserError
 from yolov9_qat.models import blocks
 from yolov9_qat.models.heads import DFL, DDetect, DualDDetect
+from yolov9_qat.quant.options import DEFAULT_PLACEMENT, PLACEMENTS
 
 INPUT = "input_quantizer"
 WEIGHT = "weight_quantizer"
@@ -90,10 +91,6 @@ FLOAT: dict[str, str] = {
     "precision boundaries to a tiny op",
 }
 
-
-#: ``trt``: TensorRT's rules (the record's); ``ort``: also quantize every op's output for ONNX Runtime
-PLACEMENTS: tuple[str, ...] = ("trt", "ort")
-DEFAULT_PLACEMENT = "trt"
 
 #: conv block output before the activation (ORT's QLinearConv output)
 PREACT = "preact_quantizer"
@@ -253,6 +250,7 @@ _KEYS: tuple[tuple[type, str], ...] = (
 )
 
 Site = tuple[str, str]  # (module path, quantizer attribute)
+K = TypeVar("K")
 _IMAGE = -1
 
 
@@ -279,17 +277,19 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-class _UnionFind:
-    def __init__(self) -> None:
-        self.parent: dict[Site, Site] = {}
+class _UnionFind(Generic[K]):
+    """Disjoint sets of hashable items (sites in :func:`plan`, quantizer ids in :func:`flow_ties`)."""
 
-    def add(self, s: Site) -> None:
+    def __init__(self, items: Iterable[K] = ()) -> None:
+        self.parent: dict[K, K] = {k: k for k in items}
+
+    def add(self, s: K) -> None:
         self.parent.setdefault(s, s)
 
     def __contains__(self, s: object) -> bool:
         return s in self.parent
 
-    def find(self, s: Site) -> Site:
+    def find(self, s: K) -> K:
         root = s
         while self.parent[root] != root:
             root = self.parent[root]
@@ -297,10 +297,11 @@ class _UnionFind:
             self.parent[s], s = root, self.parent[s]
         return root
 
-    def union(self, sites: Iterable[Site]) -> None:
-        sites = list(sites)
-        for s in sites[1:]:
-            a, b = self.find(sites[0]), self.find(s)
+    def union(self, items: Iterable[K]) -> None:
+        """Merge the sets of ``items`` (the first item's root stays the root)."""
+        items = list(items)
+        for s in items[1:]:
+            a, b = self.find(items[0]), self.find(s)
             if a != b:
                 self.parent[b] = a
 
@@ -482,33 +483,17 @@ def flow_ties(model: nn.Module, imgsz: int = 64) -> list[list[Site]]:
     import torch
     from torch.overrides import TorchFunctionMode
 
+    from yolov9_qat.utils.tensors import tensors
+
     sites = quantizer_sites(model)
     by_id: dict[int, list[Site]] = {}
     for path, attr, q in sites:
         by_id.setdefault(id(q), []).append((path, attr))
     quantizers = {id(q): q for *_, q in sites}
-    parent = {k: k for k in quantizers}
-
-    def find(k: int) -> int:
-        while parent[k] != k:
-            parent[k] = parent[parent[k]]
-            k = parent[k]
-        return k
-
-    def union(a: int, b: int) -> None:
-        parent[find(b)] = find(a)
+    uf: _UnionFind[int] = _UnionFind(quantizers)
 
     owner: dict[int, int] = {}  # id(tensor) -> id(quantizer) whose grid the tensor is on
     keep: list[Any] = []  # the traced tensors stay alive, so that their ids stay unique
-
-    def tensors(obj: Any) -> list[Any]:
-        if isinstance(obj, torch.Tensor):
-            return [obj]
-        if isinstance(obj, (list, tuple)):
-            return [t for o in obj for t in tensors(o)]
-        if isinstance(obj, dict):
-            return [t for o in obj.values() for t in tensors(o)]
-        return []
 
     class Flow(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
@@ -517,8 +502,7 @@ def flow_ties(model: nn.Module, imgsz: int = 64) -> list[list[Site]]:
                 ins = [t for t in tensors((args, kwargs)) if t.is_floating_point() and t.dim() == 4]
                 mode = (kwargs or {}).get("mode", "nearest")
                 if ins and all(id(t) in owner for t in ins) and mode == "nearest":
-                    for t in ins[1:]:
-                        union(owner[id(ins[0])], owner[id(t)])
+                    uf.union(owner[id(t)] for t in ins)
                     for o in tensors(out):
                         owner[id(o)] = owner[id(ins[0])]
                         keep.append(o)
@@ -526,7 +510,7 @@ def flow_ties(model: nn.Module, imgsz: int = 64) -> list[list[Site]]:
 
     def pre(q: nn.Module, args: tuple[Any, ...]) -> None:
         if args and id(args[0]) in owner:
-            union(owner[id(args[0])], id(q))
+            uf.union((owner[id(args[0])], id(q)))
 
     def post(q: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         if isinstance(out, torch.Tensor):
@@ -555,7 +539,7 @@ def flow_ties(model: nn.Module, imgsz: int = 64) -> list[list[Site]]:
         model.train(was_training)
     groups: dict[int, list[Site]] = {}
     for k in quantizers:
-        groups.setdefault(find(k), []).extend(by_id[k])
+        groups.setdefault(uf.find(k), []).extend(by_id[k])
     return [g for g in groups.values() if len({id(getattr(_module(model, p), a)) for p, a in g}) > 1]
 
 

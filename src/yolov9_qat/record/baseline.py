@@ -13,9 +13,10 @@ Schema (every section keeps the order of the file; batch keys are strings)::
     accuracy: {<activation>: {<eval row>: {AP:, AP50:, precision:, recall:}}}
     deltas:   {<activation>: {AP:, AP50:, precision:, recall:}}
 
-Precisions are ``fp32``, ``fp16``, ``int8``, ``mp``; evaluation rows are ``<model>_<backend>`` such as
-``origin_pytorch``, ``int8_tensorrt`` (labels in :mod:`yolov9_qat.record.tables`). ``ips_approx: true``
-marks a value the record prints as "≈ 400".
+Precisions are the latency rows of :data:`yolov9_qat.record.rows.ROWS` (``fp32``, ``fp16``, ``int8``,
+``mp``, ``int8ort``); evaluation rows are ``<model>_<backend>`` such as ``origin_pytorch``,
+``int8_tensorrt`` (the evaluation rows of ``ROWS``, or composed from the words in
+:mod:`yolov9_qat.record.tables`). ``ips_approx: true`` marks a value the record prints as "≈ 400".
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ from typing import Any
 import yaml
 
 from yolov9_qat.errors import ConfigError
+from yolov9_qat.record.rows import names, select
 from yolov9_qat.record.tables import (
     LATENCY_METRICS,
-    LATENCY_ROW_LABELS,
     METRICS,
     RESILIENCE,
     deltas_from_accuracy,
@@ -43,6 +44,8 @@ from yolov9_qat.utils.files import atomic_write_text
 
 TOP_KEYS = ("source", "device", "comparison", "tolerances", "latency", "accuracy", "deltas", "notes")
 LATENCY_UNITS: dict[str, str] = {"p99_ms": "ms", "qps": "qps", "ips": "img/s"}
+#: the precisions a latency section may hold: the record's latency rows
+PRECISIONS: tuple[str, ...] = names(select(latency=True))
 
 #: the tolerances a new device's baseline gets unless told otherwise (see baselines/record/rtx4050.yaml)
 DEFAULT_TOLERANCES: dict[str, dict[str, dict[str, float]]] = {
@@ -313,10 +316,10 @@ class _Validator:
             act = self.name(act, ("latency",))
             out[act] = {}
             for prec, per_batch in self.mapping(per_prec, ("latency", act)).items():
-                if prec not in LATENCY_ROW_LABELS:
+                if prec not in PRECISIONS:
                     raise self.fail(
                         ("latency", act, prec),
-                        f"unknown precision; expected one of {', '.join(LATENCY_ROW_LABELS)}",
+                        f"unknown precision; expected one of {', '.join(PRECISIONS)}",
                     )
                 out[act][prec] = {}
                 for batch, m in self.mapping(per_batch, ("latency", act, prec)).items():

@@ -20,10 +20,25 @@ import torch
 from yolov9_qat.errors import UserError
 from yolov9_qat.record.cache import Cache
 from yolov9_qat.record.pipeline import ACTIVATIONS, METRIC_KEYS
+from yolov9_qat.record.rows import ROW, Row, names, select
 
 BATCHES = (1, 4, 8, 12, 16)
-PRECISIONS = ("int8", "fp16", "mp")  # the record's rows; fp16 runs the float (Origin) graph
-CODE = ("models", "quant", "export", "runtime", "bench", "eval", "data", "train", "cfg")
+#: the GPU record's rows (:data:`yolov9_qat.record.rows.ROWS`): latency rows per TensorRT precision
+#: (fp16 runs the float (Origin) graph), evaluation rows
+PRECISIONS: tuple[str, ...] = names(select("gpu", latency=True))
+ACCURACY_ROWS: tuple[Row, ...] = select("gpu", accuracy=True)
+#: the modules each step runs: their import closure keys the step's artefacts (:func:`code_version`)
+STEP_ROOTS: dict[str, tuple[str, ...]] = {
+    "gpu_models": (
+        "yolov9_qat.export.onnx", "yolov9_qat.quant.pipeline", "yolov9_qat.bench.untrained",
+        "yolov9_qat.quant.quantize",
+    ),
+    "gpu_val": (
+        "yolov9_qat.data.config", "yolov9_qat.eval.evaluator", "yolov9_qat.runtime.engine_options",
+        "yolov9_qat.runtime.trt_cli",
+    ),
+    "gpu_bench": ("yolov9_qat.runtime.engine_options", "yolov9_qat.runtime.trt_cli"),
+}  # fmt: skip
 
 
 def weights_for(template: str, act: str) -> Path | None:
@@ -76,14 +91,27 @@ class GpuRecord:
             export_onnx(fp32, tmp / "fp32.onnx", opts, precision="fp32")
             export_onnx(qat, tmp / "int8.onnx", opts, precision="int8")
 
-        return self.cache.get("gpu_models", self._key(act), build, CODE)
+        return self.cache.get("gpu_models", self._key(act), build, STEP_ROOTS["gpu_models"])
 
     def accuracy(self, act: str) -> dict[str, dict[str, float]]:
-        """Origin (Pytorch), INT8 (Pytorch), INT8 (TensorRT); empty without ``--weights`` and ``--data``."""
+        """The evaluation rows (:data:`ACCURACY_ROWS`: Origin (Pytorch), INT8 (Pytorch), INT8 (TensorRT));
+        empty without ``--weights`` and ``--data``."""
         folder = self.models(act)
         if not (folder / "summary.json").is_file():
             return {}
         summary = json.loads((folder / "summary.json").read_text())
+        pick = lambda m: {k: float(m[k]) for k in METRIC_KEYS}  # noqa: E731
+        return {
+            row.name: pick(summary[row.summary] if row.summary else self.tensorrt_metrics(act, row))
+            for row in ACCURACY_ROWS
+        }
+
+    def tensorrt_metrics(self, act: str, row: Row) -> dict[str, Any]:
+        """The evaluator's result for evaluation row ``row``: its ONNX graph on TensorRT (cached)."""
+        folder = self.models(act)
+        if row.onnx is None or row.precision is None:
+            raise ValueError(f"{row.name}: not a TensorRT evaluation row")
+        onnx, precision = folder / f"{row.onnx}.onnx", row.precision
 
         def build(tmp: Path) -> None:
             from yolov9_qat.data.config import load_data_yaml
@@ -92,19 +120,14 @@ class GpuRecord:
             from yolov9_qat.runtime.trt_cli import tensorrt_val_predictor
 
             data = load_data_yaml(self.data)
-            options = EngineOptions(precision="int8", img=self.img, device=self.device)
-            predict = tensorrt_val_predictor(options, folder / "int8.onnx", batch_size=32, data=data)
+            options = EngineOptions(precision=precision, img=self.img, device=self.device)
+            predict = tensorrt_val_predictor(options, onnx, batch_size=32, data=data)
             result = Evaluator.for_data(data, self.img, batch_size=32).run(predict)
             (tmp / "metrics.json").write_text(json.dumps(result, default=str))
 
-        out = self.cache.get("gpu_val", {**self._key(act), "gpu": self.gpu}, build, CODE)
-        trt = json.loads((out / "metrics.json").read_text())
-        pick = lambda m: {k: float(m[k]) for k in METRIC_KEYS}  # noqa: E731
-        return {
-            "origin_pytorch": pick(summary["origin"]),
-            "int8_pytorch": pick(summary["best"]),
-            "int8_tensorrt": pick(trt),
-        }
+        key = {**self._key(act), "gpu": self.gpu, "row": row.name, "from": folder.name}
+        out = self.cache.get("gpu_val", key, build, STEP_ROOTS["gpu_val"])
+        return json.loads((out / "metrics.json").read_text())
 
     def latency(self, act: str, precision: str) -> dict[str, dict[str, float]]:
         """Rows ``"1"`` ... ``"16"`` and ``"resilience"``: p99 ms, qps, images/s (trtexec's method)."""
@@ -125,7 +148,8 @@ class GpuRecord:
         from yolov9_qat.runtime.engine_options import EngineOptions
         from yolov9_qat.runtime.trt_cli import bench_tensorrt
 
-        onnx = self.models(act) / ("fp32.onnx" if precision == "fp16" else "int8.onnx")
+        folder = self.models(act)
+        onnx = folder / f"{ROW[precision].onnx}.onnx"
 
         def build(tmp: Path) -> None:
             options = EngineOptions(
@@ -142,8 +166,11 @@ class GpuRecord:
             "gpu": self.gpu,
             "batches": self.batches,
             "duration": self.duration_s,
+            "from": folder.name,
         }
-        return json.loads((self.cache.get("gpu_bench", key, build, CODE) / "bench.json").read_text())
+        return json.loads(
+            (self.cache.get("gpu_bench", key, build, STEP_ROOTS["gpu_bench"]) / "bench.json").read_text()
+        )
 
     def run(self, activations: tuple[str, ...] = ACTIVATIONS) -> dict[str, Any]:
         from yolov9_qat.bench.device import cuda_device

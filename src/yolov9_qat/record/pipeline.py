@@ -4,9 +4,10 @@
     end-to-end) -> evaluate on ONNX Runtime -> benchmark
 
 Every step is an artefact of :class:`~yolov9_qat.record.cache.Cache` (keyed by its parameters, its
-inputs and the code it runs), so ``reproduce`` resumes after an interruption and the test suite's
-fixtures share the very same artefacts. A :class:`Profile` holds every knob; ``cpu`` is the record
-``reproduce`` writes, ``test`` a smaller one the CI suite builds within its time budget.
+inputs and the code it runs: the import closure of its :data:`STEP_ROOTS`), so ``reproduce`` resumes
+after an interruption and the test suite's fixtures share the very same artefacts. A :class:`Profile`
+holds every knob; ``cpu`` is the record ``reproduce`` writes, ``test`` a smaller one the CI suite
+builds within its time budget. The rows the steps make come from :data:`yolov9_qat.record.rows.ROWS`.
 """
 
 from __future__ import annotations
@@ -24,27 +25,44 @@ import torch
 
 from yolov9_qat.errors import UserError
 from yolov9_qat.models.activations import canonical_activation
+from yolov9_qat.quant.options import QuantizeOptions
 from yolov9_qat.record.cache import Cache
+from yolov9_qat.record.rows import ROW, Row, select
 from yolov9_qat.utils.runs import torch_threads
 
 log = logging.getLogger("yolov9_qat.record")
 
 ACTIVATIONS: tuple[str, ...] = ("SiLU", "ReLU", "FReLU", "Mish", "AconC")
-#: ONNX graphs per activation: the converted float model, the QAT model, the QAT model with NMS inside,
-#: and the QAT model of the ``ort`` placement (quantize --placement ort: ONNX Runtime's integer ops)
-ONNX_KINDS: tuple[str, ...] = ("fp32", "int8", "int8_e2e", "int8ort")
-#: the QAT placement behind each quantized ONNX kind
-PLACEMENT_OF: dict[str, str] = {"int8": "trt", "int8_e2e": "trt", "int8ort": "ort"}
-#: what each benchmark row runs on ONNX Runtime: (ONNX kind, rewrite); see runtime/onnxruntime.py
-BENCH_KINDS: dict[str, tuple[str, str]] = {
-    "fp32": ("fp32", "none"),
-    "int8": ("int8", "auto"),  # TensorRT's placement, deployable form: exact integer convs on VNNI CPUs
-    "int8_qdq": ("int8", "none"),  # the Q/DQ graph as exported (TensorRT's form)
-    "int8ort": ("int8ort", "auto"),  # the ort placement: QLinear ops end to end on VNNI CPUs
-}
-#: the latency rows of the record (the others stay in the raw benchmark reports)
-LATENCY_KINDS: tuple[str, ...] = ("fp32", "int8", "int8ort")
+#: the CPU record's rows (:data:`yolov9_qat.record.rows.ROWS`): evaluated ones, benchmarks
+EVAL_ROWS: tuple[Row, ...] = select("cpu", accuracy=True) + select("cpu", extra=True)
+BENCH_ROWS: tuple[Row, ...] = select("cpu", bench=True)
+#: ONNX graphs per activation (the kinds the rows run): the converted float model (no placement), the
+#: QAT model of each placement (``quantize --placement``), ``*_e2e`` with NMS inside
+PLACEMENT_OF: dict[str, str | None] = {r.onnx: r.placement for r in (*EVAL_ROWS, *BENCH_ROWS) if r.onnx}
+ONNX_KINDS: tuple[str, ...] = tuple(PLACEMENT_OF)
+#: the QAT runs whose summaries hold the PyTorch rows
+PLACEMENTS: tuple[str, ...] = tuple(
+    dict.fromkeys(r.placement for r in EVAL_ROWS if r.summary and r.placement)
+)
 METRIC_KEYS = ("AP", "AP50", "precision", "recall")
+#: the modules each step runs: their import closure keys the step's artefacts (:func:`code_version`)
+STEP_ROOTS: dict[str, tuple[str, ...]] = {
+    "synth": ("yolov9_qat.data.synth",),
+    "train": ("yolov9_qat.train.trainer",),
+    "convert": ("yolov9_qat.models.reparam", "yolov9_qat.models.checkpoint"),
+    "quantize": ("yolov9_qat.quant.pipeline",),
+    "export": ("yolov9_qat.export.onnx",),
+    "ort_eval": ("yolov9_qat.eval.evaluator", "yolov9_qat.runtime.onnxruntime", "yolov9_qat.data.config"),
+    "bench": ("yolov9_qat.bench.harness", "yolov9_qat.runtime.onnxruntime", "yolov9_qat.bench.device"),
+}
+
+
+#: the record's QAT: percentile calibration on 16 batches, 2 epochs x 80 iterations of batch 10 at
+#: lr 1e-4, feature MSE plus the detection loss
+RECORD_QUANT = replace(
+    QuantizeOptions(), calib_method="percentile", calib_batches=16, epochs=2, iters=80, lr=1e-4, batch_size=10,
+    det_loss_weight=1.0,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -66,14 +84,9 @@ class Profile:
     optimizer: str = "AdamW"
     close_mosaic: int = 0
     seed: int = 0
-    # quantization
-    calib_method: str = "percentile"
-    calib_batches: int = 16
-    qat_epochs: int = 2
-    qat_iters: int = 80
-    qat_lr: float = 1e-4
-    qat_batch: int = 10
-    det_loss_weight: float = 1.0
+    # quantization: the record's quantize options (hyp, image size, seed, device and the run folder come
+    # from this profile and the pipeline at run time)
+    quant: QuantizeOptions = field(default_factory=lambda: RECORD_QUANT)
     # export, evaluation, benchmark
     opset: int = 17
     val_batch: int = 32
@@ -92,7 +105,7 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "cpu": Profile("cpu"),
     "test": Profile(
-        "test", n_train=800, n_val=300, epochs=6, calib_batches=4, qat_epochs=1, qat_iters=30,
+        "test", n_train=800, n_val=300, epochs=6, quant=replace(RECORD_QUANT, calib_batches=4, epochs=1, iters=30),
         bench_batches=(1, 4), bench_duration_s=0.5, bench_warmup_ms=100.0, threads=1,
     ),
 }  # fmt: skip
@@ -128,9 +141,8 @@ class Pipeline:
         self.threads = profile.threads or torch.get_num_threads()
 
     # --- helpers -------------------------------------------------------------------------------
-    def _step(
-        self, step: str, what: str, params: dict[str, Any], build: Callable[[Path], Any], code: Iterable[str]
-    ) -> Path:
+    def _step(self, step: str, what: str, params: dict[str, Any], build: Callable[[Path], Any]) -> Path:
+        """The artefact of ``step`` (code: the import closure of its :data:`STEP_ROOTS`)."""
         t0 = time.perf_counter()
         built = []
 
@@ -140,7 +152,7 @@ class Pipeline:
             build(tmp)
 
         with torch_threads(self.threads):
-            out = self.cache.get(step, {"profile": self.profile.key(), **params}, run, code)
+            out = self.cache.get(step, {"profile": self.profile.key(), **params}, run, STEP_ROOTS[step])
         if built:
             self.echo(f"  {what}: {time.perf_counter() - t0:.0f} s")
         return out
@@ -167,9 +179,7 @@ class Pipeline:
             d["path"] = "."  # relative to data.yaml: the folder is renamed into the cache after the build
             data_yaml.write_text(yaml.safe_dump(d, sort_keys=False))
 
-        return (
-            self._step("synth", "synthetic data set", {}, build, ("data/synth.py",)) / "synth" / "data.yaml"
-        )
+        return self._step("synth", "synthetic data set", {}, build) / "synth" / "data.yaml"
 
     def trained(self, act: str) -> Path:
         """``best.pt`` of the yolov9 model trained with activation ``act``."""
@@ -187,10 +197,8 @@ class Pipeline:
             shutil.copy2(summary["weights"], tmp / "best.pt")
             _write_json(tmp / "train.json", summary)
 
-        code = ("models", "train", "data", "eval", "cfg", "utils")
         return (
-            self._step("train", f"{act}: train {p.cfg} ({p.epochs} epochs)", {"act": act}, build, code)
-            / "best.pt"
+            self._step("train", f"{act}: train {p.cfg} ({p.epochs} epochs)", {"act": act}, build) / "best.pt"
         )
 
     def converted(self, act: str) -> Path:
@@ -209,7 +217,16 @@ class Pipeline:
             )
 
         key = {"act": act, "from": src.parent.name}
-        return self._step("convert", f"{act}: reparameterize", key, build, ("models", "cfg")) / "converted.pt"
+        return self._step("convert", f"{act}: reparameterize", key, build) / "converted.pt"
+
+    def quantize_options(self, placement: str, project: Path) -> QuantizeOptions:
+        """The options of the record's ``quantize`` run of ``placement`` into ``project/run``."""
+        p = self.profile
+        return replace(
+            p.quant, hyp=p.hyp, img=p.imgsz, seed=p.seed, device="cpu", project=str(project), name="run",
+            exist_ok=True, workers=self.workers, progress=self.progress, placement=placement,
+            eval_origin=placement == "trt", float_control=placement == "trt",
+        )  # fmt: skip
 
     def quantized(self, act: str, placement: str = "trt") -> Path:
         """The QAT run folder: ``qat.pt`` (best QAT checkpoint) and ``summary.json`` (Origin, PTQ, QAT,
@@ -223,89 +240,77 @@ class Pipeline:
         p, data, src = self.profile, self.data(), self.converted(act)
 
         def build(tmp: Path) -> None:
-            summary = quantize(
-                src, data, hyp=p.hyp, img=p.imgsz, batch_size=p.qat_batch, device="cpu", iters=p.qat_iters,
-                epochs=p.qat_epochs, seed=p.seed, calib_method=p.calib_method, calib_batches=p.calib_batches,
-                project=tmp, name="run", exist_ok=True, lr=p.qat_lr, workers=self.workers,
-                progress=self.progress, det_loss_weight=p.det_loss_weight, placement=placement,
-                eval_origin=placement == "trt", float_control=placement == "trt",
-            )  # fmt: skip
+            summary = quantize(src, data, self.quantize_options(placement, tmp))
             shutil.copy2(summary["weights_out"]["qat_best"], tmp / "qat.pt")
             _write_json(tmp / "summary.json", summary)
 
         key: dict[str, Any] = {"act": act, "from": src.parent.name}
         if placement != "trt":
             key["placement"] = placement
-        code = ("models", "quant", "train", "data", "eval", "cfg", "utils")
-        what = f"{act}: PTQ + QAT ({p.qat_epochs} x {p.qat_iters} it{', ort placement' if placement != 'trt' else ''})"
-        return self._step("quantize", what, key, build, code)
+        what = f"{act}: PTQ + QAT ({p.quant.epochs} x {p.quant.iters} it{', ort placement' if placement != 'trt' else ''})"
+        return self._step("quantize", what, key, build)
 
     def onnx(self, act: str, kind: str) -> Path:
         """ONNX file ``kind`` (:data:`ONNX_KINDS`) of activation ``act``."""
-        from yolov9_qat.export.onnx import ExportOptions, export_onnx, load_for_export
-
         if kind not in ONNX_KINDS:
             raise ValueError(f"kind must be one of {ONNX_KINDS}")
-        p = self.profile
-        src = self.converted(act) if kind == "fp32" else self.quantized(act, PLACEMENT_OF[kind]) / "qat.pt"
+        placement = PLACEMENT_OF[kind]
+        src = self.converted(act) if placement is None else self.quantized(act, placement) / "qat.pt"
         e2e = "onnx" if kind.endswith("_e2e") else None
 
         def build(tmp: Path) -> None:
-            model, info = load_for_export(src)
-            opts = ExportOptions(
-                imgsz=p.imgsz, dynamic=True, simplify=True, opset=p.opset, end2end=e2e,
-                iou_thres=0.7, conf_thres=0.001, max_det=300,  # the evaluator's settings: same AP
-            )  # fmt: skip
-            export_onnx(model, tmp / "model.onnx", opts, precision=info["precision"])
+            self.export_file(src, tmp / "model.onnx", e2e)
 
         key = {"act": act, "kind": kind, "from": src.parent.name}
-        return (
-            self._step(
-                "export",
-                f"{act}: export {kind} ONNX",
-                key,
-                build,
-                ("models", "quant", "export/onnx.py", "export/end2end.py"),
-            )
-            / "model.onnx"
-        )
+        return self._step("export", f"{act}: export {kind} ONNX", key, build) / "model.onnx"
 
-    def ort_metrics(self, act: str, kind: str) -> dict[str, Any]:
-        """AP, AP50, precision, recall of ONNX graph ``kind`` on ONNX Runtime (rewrite ``auto``, as deployed)."""
+    def export_file(self, weights: Path, out: Path, end2end: str | None = None) -> Path:
+        """The record's export of a checkpoint (dynamic batch, simplified, the evaluator's NMS settings
+        for end-to-end graphs, so the AP is the same)."""
+        from yolov9_qat.export.onnx import ExportOptions, export_onnx, load_for_export
+
+        p = self.profile
+        model, info = load_for_export(weights)
+        opts = ExportOptions(
+            imgsz=p.imgsz, dynamic=True, simplify=True, opset=p.opset, end2end=end2end,
+            iou_thres=0.7, conf_thres=0.001, max_det=300,
+        )  # fmt: skip
+        return export_onnx(model, out, opts, precision=info["precision"])
+
+    def evaluate_onnx(self, onnx: Path) -> dict[str, Any]:
+        """The record's ONNX Runtime evaluation of a graph (rewrite ``auto``, as deployed)."""
         from yolov9_qat.data.config import load_data_yaml
         from yolov9_qat.eval.evaluator import Evaluator
         from yolov9_qat.runtime.onnxruntime import OrtModel
 
+        evaluator = Evaluator.for_data(
+            load_data_yaml(self.data()), self.profile.imgsz, batch_size=self.profile.val_batch, workers=0
+        )
+        model = OrtModel(onnx, threads=self.threads)
+        return {**evaluator.run(model, progress=False), "runtime": model.describe()}
+
+    def ort_metrics(self, act: str, kind: str) -> dict[str, Any]:
+        """AP, AP50, precision, recall of ONNX graph ``kind`` on ONNX Runtime (rewrite ``auto``, as deployed)."""
         src = self.onnx(act, kind)
 
         def build(tmp: Path) -> None:
-            evaluator = Evaluator.for_data(
-                load_data_yaml(self.data()), self.profile.imgsz, batch_size=self.profile.val_batch, workers=0
-            )
-            model = OrtModel(src, threads=self.threads)
-            result = evaluator.run(model, progress=False)
-            _write_json(tmp / "metrics.json", {**result, "runtime": model.describe()})
+            _write_json(tmp / "metrics.json", self.evaluate_onnx(src))
 
         key = {"act": act, "kind": kind, "from": src.parent.name}
-        code = (
-            "eval",
-            "runtime",
-            "export/qdq_u8.py",
-            "export/lint.py",
-            "export/end2end.py",
-            "bench/device.py",
-        )
-        out = self._step("ort_eval", f"{act}: evaluate {kind} on ONNX Runtime", key, build, code)
+        out = self._step("ort_eval", f"{act}: evaluate {kind} on ONNX Runtime", key, build)
         return json.loads((out / "metrics.json").read_text())
 
     def bench(self, act: str, kind: str) -> dict[str, Any]:
-        """Benchmark report of :data:`BENCH_KINDS` row ``kind`` on ONNX Runtime (this machine)."""
+        """Benchmark report of benchmark row ``kind`` (:data:`BENCH_ROWS`) on ONNX Runtime (this machine)."""
         from yolov9_qat.bench.device import cpu_model
         from yolov9_qat.bench.harness import BenchConfig, run_benchmark
         from yolov9_qat.runtime.onnxruntime import OrtModel, OrtRunner
 
-        onnx_kind, rewrite = BENCH_KINDS[kind]
-        src = self.onnx(act, onnx_kind)
+        row = ROW.get(kind)
+        if row is None or row not in BENCH_ROWS or row.onnx is None or row.rewrite is None:
+            raise ValueError(f"kind must be one of {[r.name for r in BENCH_ROWS]}")
+        rewrite = row.rewrite
+        src = self.onnx(act, row.onnx)
         p = self.profile
 
         def build(tmp: Path) -> None:
@@ -321,50 +326,43 @@ class Pipeline:
             "machine": cpu_model(),
             "threads": self.threads,
         }
-        out = self._step(
-            "bench",
-            f"{act}: benchmark {kind} on ONNX Runtime",
-            key,
-            build,
-            ("bench", "runtime", "export/qdq_u8.py", "export/lint.py"),
-        )
+        out = self._step("bench", f"{act}: benchmark {kind} on ONNX Runtime", key, build)
         return json.loads((out / "bench.json").read_text())
 
     # --- the record ------------------------------------------------------------------------------
+    def _summary(self, act: str, placement: str = "trt") -> dict[str, Any]:
+        """The ``summary.json`` of the QAT run of ``placement``."""
+        return json.loads((self.quantized(act, placement) / "summary.json").read_text())
+
     def activation_record(self, act: str, bench: bool = True) -> dict[str, Any]:
         """Everything the record says about one activation (accuracy rows, latency rows, extras)."""
-        summary = json.loads((self.quantized(act) / "summary.json").read_text())
-        summary_ort = json.loads((self.quantized(act, "ort") / "summary.json").read_text())
-        best = summary.get("best") or {}
-        accuracy = {
-            "origin_pytorch": _metrics(summary["origin"]),
-            "origin_ft_pytorch": _metrics(summary["origin_ft"]),
-            "ptq_pytorch": _metrics(summary["ptq"]),
-            "int8_pytorch": _metrics(best),
-            "origin_onnxruntime": _metrics(self.ort_metrics(act, "fp32")),
-            "int8_onnxruntime": _metrics(self.ort_metrics(act, "int8")),
-            "int8ort_pytorch": _metrics(summary_ort.get("best") or {}),
-            "int8ort_onnxruntime": _metrics(self.ort_metrics(act, "int8ort")),
-        }
-        e2e = _metrics(self.ort_metrics(act, "int8_e2e"))
+        summaries = {pl: self._summary(act, pl) for pl in PLACEMENTS}
+        figures: dict[str, dict[str, float]] = {}
+        for row in EVAL_ROWS:
+            if row.onnx is not None:
+                figures[row.name] = _metrics(self.ort_metrics(act, row.onnx))
+            else:
+                assert row.placement is not None and row.summary is not None
+                figures[row.name] = _metrics(summaries[row.placement].get(row.summary) or {})
         latency: dict[str, Any] = {}
         raw: dict[str, Any] = {}
         if bench:
-            for kind in BENCH_KINDS:
+            for row in BENCH_ROWS:
+                kind = row.name
                 report = self.bench(act, kind)
                 raw[kind] = report
-                if kind in LATENCY_KINDS:
+                if row.latency:
                     latency[kind] = {
                         str(r["batch"]): {"p99_ms": r["latency_ms"]["p99"], "qps": r["throughput_qps"], "ips": r["ips"],
                                           "median_ms": r["latency_ms"]["median"]}
                         for r in report["results"]
                     }  # fmt: skip
         return {
-            "accuracy": accuracy,
+            "accuracy": {r.name: figures[r.name] for r in EVAL_ROWS if r.accuracy},
             "latency": latency,
-            "int8_end2end_onnxruntime": e2e,
+            **{r.name: figures[r.name] for r in EVAL_ROWS if r.extra},
             "bench": raw,
-            "qat": summary,
+            "qat": summaries["trt"] if "trt" in summaries else self._summary(act),
         }
 
     def run(self, activations: Iterable[str] = ACTIVATIONS, bench: bool = True) -> dict[str, Any]:
@@ -385,7 +383,7 @@ class Pipeline:
             "latency": {a: r["latency"] for a, r in per_act.items() if r["latency"]},
             "extras": {
                 a: {
-                    "int8_end2end_onnxruntime": r["int8_end2end_onnxruntime"],
+                    **{row.name: r[row.name] for row in EVAL_ROWS if row.extra},
                     "bench": r["bench"],
                     "qat_epochs": r["qat"].get("epochs"),
                     "calibration": r["qat"].get("calibration"),

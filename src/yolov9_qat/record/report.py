@@ -7,8 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from yolov9_qat.record.rows import ROW, float_bench, select
 from yolov9_qat.record.tables import render_record
 from yolov9_qat.utils.files import atomic_path, atomic_write_json, atomic_write_text
+
+#: the quantization effects the report prints: (a, b) for "a - b" of the AP, rows of :data:`ROWS`
+EFFECTS: tuple[tuple[str, str], ...] = (
+    ("int8_pytorch", "origin_pytorch"),  # quantization plus the extra fine-tuning
+    ("int8_pytorch", "origin_ft_pytorch"),  # quantization alone: against the float control
+    ("int8_onnxruntime", "origin_ft_pytorch"),
+)
 
 
 def write_report(
@@ -36,8 +44,7 @@ def _effects_markdown(accuracy: dict[str, Any]) -> list[str]:
         if "origin_ft_pytorch" not in acc or "int8_pytorch" not in acc:
             continue
         cells = []
-        for a, b in (("int8_pytorch", "origin_pytorch"), ("int8_pytorch", "origin_ft_pytorch"),
-                     ("int8_onnxruntime", "origin_ft_pytorch")):  # fmt: skip
+        for a, b in EFFECTS:
             cells.append(f"{acc[a]['AP'] - acc[b]['AP']:+.4f}" if a in acc and b in acc else "")
         rows.append(f"| {act} | " + " | ".join(cells) + " |")
     if not rows:
@@ -49,31 +56,32 @@ def _effects_markdown(accuracy: dict[str, Any]) -> list[str]:
         "is the float model trained with the very same schedule, quantizers off, so INT8 - Origin",
         "fine-tuned is the cost of quantization alone. Best epochs are chosen on the selection split.",
         "",
-        "| Activation | INT8 (Pytorch) - Origin | INT8 (Pytorch) - Origin fine-tuned | INT8 (ONNX Runtime) - Origin fine-tuned |",
-        "|---|---|---|---|",
+        "| Activation | " + " | ".join(f"{ROW[a].label} - {ROW[b].words}" for a, b in EFFECTS) + " |",
+        "|---" * (len(EFFECTS) + 1) + "|",
         *rows,
         "",
     ]
 
 
 def _extras_markdown(record: dict[str, Any]) -> str:
-    """Rows the published record does not have: the end-to-end graph's AP and S8S8 vs U8S8 latency."""
+    """Rows the published record does not have: the extra rows' figures (the end-to-end graph's AP) and
+    the ONNX Runtime benchmarks' median latency."""
     extras = record.get("extras") or {}
     lines = _effects_markdown(record.get("accuracy") or {})
+    for row in select(extra=True):
+        lines += [f"## {row.label}", "", "| Activation | AP | AP50 | Precision | Recall |"]
+        lines.append("|---|---|---|---|---|")
+        for act, e in extras.items():
+            m = e.get(row.name)
+            if m:
+                lines.append(
+                    f"| {act} | {m['AP']:.4f} | {m['AP50']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} |"
+                )
+        lines.append("")
+    columns = select("cpu", bench=True)
+    ratios = [r for r in columns if r.ratio]
+    ref = float_bench()
     lines += [
-        "## End-to-end graph (NMS inside, ONNX Runtime)",
-        "",
-        "| Activation | AP | AP50 | Precision | Recall |",
-        "|---|---|---|---|---|",
-    ]
-    for act, e in extras.items():
-        m = e.get("int8_end2end_onnxruntime")
-        if m:
-            lines.append(
-                f"| {act} | {m['AP']:.4f} | {m['AP50']:.4f} | {m['precision']:.4f} | {m['recall']:.4f} |"
-            )
-    lines += [
-        "",
         "## INT8 on ONNX Runtime, median latency (ms)",
         "",
         "TensorRT's placement as exported (Q/DQ), with the integer-conv rewrite, and the ``ort`` placement",
@@ -89,21 +97,15 @@ def _extras_markdown(record: dict[str, Any]) -> str:
             k: {r["batch"]: r["latency_ms"]["median"] for r in rep["results"]} for k, rep in bench.items()
         }
         for b in sorted(next(iter(by_kind.values()))):
-            f = by_kind.get("fp32", {}).get(b)
-            cells = [
-                f"{by_kind.get(k, {}).get(b, float('nan')):.2f}"
-                for k in ("fp32", "int8_qdq", "int8", "int8ort")
-            ]
-            ratios = [
-                by_kind.get(k, {}).get(b, float("nan")) / f if f else float("nan")
-                for k in ("int8", "int8ort")
-            ]
-            rows.append(f"| {act} | {b} | {' | '.join(cells)} | {' | '.join(f'{r:.2f}' for r in ratios)} |")
+            f = by_kind.get(ref.name, {}).get(b)
+            cells = [f"{by_kind.get(c.name, {}).get(b, float('nan')):.2f}" for c in columns]
+            shares = [by_kind.get(r.name, {}).get(b, float("nan")) / f if f else float("nan") for r in ratios]
+            rows.append(f"| {act} | {b} | {' | '.join(cells)} | {' | '.join(f'{r:.2f}' for r in shares)} |")
     if rows:
+        header = [c.column for c in columns] + [f"{r.ratio} / {ref.column}" for r in ratios]
         lines += [
-            "| Activation | Batch | FP32 | INT8 Q/DQ as exported | INT8 integer rewrite | INT8 ort placement "
-            "| rewrite / FP32 | ort placement / FP32 |",
-            "|---|---|---|---|---|---|---|---|",
+            "| Activation | Batch | " + " | ".join(header) + " |",
+            "|---" * (len(header) + 2) + "|",
             *rows,
         ]
     return "\n".join(lines) + "\n"
@@ -146,11 +148,12 @@ def plot_record(record: dict[str, Any], out: Path) -> dict[str, Path]:
         ax.legend(fontsize=7)
         paths["ap_plot"] = _save(fig, out / "ap_per_activation.png")
         fig, ax = plt.subplots(figsize=(6, 4))
+        # the stages of the QAT run (TensorRT's placement): Origin, Origin fine-tuned, PTQ, QAT
+        stages = [r for r in select("cpu", accuracy=True) if r.summary and r.placement == "trt"]
         for a in acts:
-            keys = ("origin_pytorch", "origin_ft_pytorch", "ptq_pytorch", "int8_pytorch")
-            series = [accuracy[a].get(k, {}).get("AP") for k in keys]
+            series = [accuracy[a].get(r.name, {}).get("AP") for r in stages]
             if None not in series:
-                ax.plot(["Origin", "Origin fine-tuned", "PTQ", "QAT"], series, marker="o", label=a)
+                ax.plot([r.words for r in stages], series, marker="o", label=a)
         ax.set(ylabel="AP@[.5:.95]", title="PTQ vs QAT (PyTorch)")
         ax.legend(fontsize=7)
         paths["ptq_qat_plot"] = _save(fig, out / "ptq_vs_qat.png")

@@ -2,7 +2,8 @@
 
 The same function renders a baseline file (``baselines/record/*.yaml``) and a measured run written in
 that schema: a device table, the "Latency/Throughput" table, "Evaluation Results" per activation and
-"Evaluation Comparison" per activation. Every key-to-label mapping lives in the dicts below.
+"Evaluation Comparison" per activation. The rows' words come from the record's table of rows
+(:data:`yolov9_qat.record.rows.ROWS`); the other key-to-label mappings live in the dicts below.
 """
 
 from __future__ import annotations
@@ -10,28 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-# ---- labels: the one place that maps schema keys to the record's words ---------------------------
+from yolov9_qat.record.rows import select
 
-PRECISION_LABELS: dict[str, str] = {"fp32": "FP32", "fp16": "FP16", "int8": "INT8", "mp": "MP"}
+# ---- labels: schema keys to the record's words ---------------------------------------------------
 
-#: evaluation rows: ``<model>_<backend>``; the explicit entries are the record's spellings
-EVAL_LABELS: dict[str, str] = {
-    "origin_pytorch": "Origin (Pytorch)",
-    "origin_onnxruntime": "Origin (ONNX Runtime)",
-    "origin_tensorrt": "Origin (TensorRT)",
-    # the float control: Origin fine-tuned with the QAT run's exact schedule, quantizers off
-    "origin_ft_pytorch": "Origin fine-tuned (Pytorch)",
-    "ptq_pytorch": "PTQ (Pytorch)",
-    "ptq_onnxruntime": "PTQ (ONNX Runtime)",
-    "ptq_tensorrt": "PTQ (TensorRT)",
-    "int8_pytorch": "INT8 (Pytorch)",
-    "int8_onnxruntime": "INT8 (ONNX Runtime)",
-    "int8_tensorrt": "INT8 (TensorRT)",
-}
-#: model and backend words for evaluation keys not listed above (``fp16_tensorrt`` -> "FP16 (TensorRT)")
+#: evaluation rows (``<model>_<backend>``) as the record spells them: the rows of :data:`ROWS`
+EVAL_LABELS: dict[str, str] = {r.name: r.label for r in select(accuracy=True)}
 #: latency rows: the precisions, and the CPU record's QAT model of the ``ort`` placement
-#: (``quantize --placement ort``: every op's output quantized, ONNX Runtime's QLinear ops)
-LATENCY_ROW_LABELS: dict[str, str] = {**PRECISION_LABELS, "int8ort": "INT8 ort placement"}
+LATENCY_ROW_LABELS: dict[str, str] = {r.name: r.label for r in select(latency=True)}
+#: model and backend words for evaluation keys no record makes (``fp16_tensorrt`` -> "FP16 (TensorRT)")
 EVAL_MODEL_LABELS: dict[str, str] = {"origin": "Origin", "ptq": "PTQ", "qat": "QAT", **LATENCY_ROW_LABELS}
 BACKEND_LABELS: dict[str, str] = {"pytorch": "Pytorch", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
 

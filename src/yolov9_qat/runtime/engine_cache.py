@@ -1,7 +1,8 @@
 """TensorRT engine cache: one engine per (ONNX content, precision, shape profile, TensorRT version,
 GPU, engine-changing builder options), built once, under a file lock, written atomically.
 
-Layout of a cache folder (default ``~/.cache/yolov9_qat/engines``, or ``$YOLOV9_QAT_ENGINE_CACHE``)::
+Layout of a cache folder (default ``engines/`` in the cache root ``~/.cache/yolov9-qat`` or
+``$YOLOV9_QAT_CACHE``; or ``$YOLOV9_QAT_ENGINE_CACHE``)::
 
     <key>.engine               the serialized engine
     <key>.engine.json          metadata: every key input, the engine's sha256, build time, layer summary
@@ -228,13 +229,23 @@ def engine_key(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:KEY_CHARS]
 
 
+#: the environment variable naming the package's one cache root (record artefacts, engines under it)
+CACHE_ENV = "YOLOV9_QAT_CACHE"
+
+
+def cache_root() -> Path:
+    """The package's cache root: ``$YOLOV9_QAT_CACHE``, else ``~/.cache/yolov9-qat``. The record's
+    artefacts (:mod:`yolov9_qat.record.cache`) live in it, TensorRT engines in its ``engines/``."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "yolov9-qat"
+
+
 def default_cache_dir() -> Path:
-    """``$YOLOV9_QAT_ENGINE_CACHE``, else ``$XDG_CACHE_HOME/yolov9_qat/engines`` (``~/.cache/...``)."""
+    """``$YOLOV9_QAT_ENGINE_CACHE``, else ``engines/`` in the cache root (:func:`cache_root`)."""
     env = os.environ.get("YOLOV9_QAT_ENGINE_CACHE")
     if env:
         return Path(env).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "yolov9_qat" / "engines"
+    return cache_root() / "engines"
 
 
 # --- the cache -------------------------------------------------------------------------------------

@@ -23,11 +23,12 @@ timing     ``--warm-up --duration``
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from yolov9_qat.errors import UserError
+from yolov9_qat.options import add_options, from_namespace, option
 from yolov9_qat.runtime.engine_cache import PRECISIONS
 
 RUNNERS = ("polygraphy", "trtexec")
@@ -35,22 +36,10 @@ PRECISION_CHOICES = ("auto", *PRECISIONS)
 GROUPS = ("engine", "device", "shapes", "img", "loop", "timing")
 
 
-def _option(
-    default: Any,
-    group: str,
-    help: str,
-    *,
-    flags: tuple[str, ...] = (),
-    type: Callable[[str], Any] | None = None,
-    choices: tuple[str, ...] | None = None,
-) -> Any:
-    """A field of :class:`EngineOptions` with its flag in ``metadata``: ``flags`` (default
-    ``--<name-with-dashes>``), ``type`` / ``choices`` for argparse; a ``False`` default is a switch."""
+def _option(default: Any, group: str, help: str, **kw: Any) -> Any:
+    """A field of :class:`EngineOptions` in ``group`` (see :func:`yolov9_qat.options.option`)."""
     assert group in GROUPS, group
-    return field(
-        default=default,
-        metadata={"group": group, "help": help, "flags": flags, "type": type, "choices": choices},
-    )
+    return option(default, help, group=group, **kw)
 
 
 @dataclass(frozen=True)
@@ -78,7 +67,7 @@ class EngineOptions:
         "polygraphy", "engine", "build / measure with polygraphy or trtexec", choices=RUNNERS
     )
     engine_cache: str | None = _option(
-        None, "engine", "engine cache folder (default ~/.cache/yolov9_qat/engines)"
+        None, "engine", "engine cache folder (default ~/.cache/yolov9-qat/engines)"
     )
     # device
     device: str = _option("", "device", "CUDA device index")
@@ -113,8 +102,7 @@ class EngineOptions:
     def from_namespace(cls, args: argparse.Namespace) -> EngineOptions:
         """The options among parsed arguments: every field the namespace has (whichever parser added
         it, the command's own ``--img`` included); the others keep their defaults."""
-        given = vars(args)
-        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
+        return from_namespace(cls, args)
 
 
 def add_engine_args(parser: argparse.ArgumentParser, groups: Iterable[str]) -> None:
@@ -125,17 +113,7 @@ def add_engine_args(parser: argparse.ArgumentParser, groups: Iterable[str]) -> N
     unknown = [g for g in wanted if g not in GROUPS]
     if unknown:
         raise ValueError(f"unknown option group(s) {unknown}; known: {', '.join(GROUPS)}")
-    for f in fields(EngineOptions):
-        meta = f.metadata
-        if meta["group"] not in wanted:
-            continue
-        flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
-        kw: dict[str, Any] = {"dest": f.name, "default": f.default, "help": meta["help"]}
-        if f.default is False:
-            kw["action"] = "store_true"
-        else:
-            kw.update({k: meta[k] for k in ("type", "choices") if meta[k] is not None})
-        parser.add_argument(*flags, **kw)
+    add_options(parser, EngineOptions, groups=wanted)
 
 
 __all__ = ["GROUPS", "PRECISION_CHOICES", "RUNNERS", "EngineOptions", "add_engine_args"]

@@ -3,7 +3,7 @@
 ONNX Runtime fuses ``DQ -> Conv -> Q`` into integer convolutions, but in TensorRT's placement a conv is
 followed by its float activation, so it dequantizes and runs every conv of a QAT graph in float: the
 graph as exported is slower than FP32. :class:`OrtModel` therefore rewrites quantized graphs first
-(:mod:`yolov9_qat.export.qdq_u8`), choosing with ``rewrite``:
+(:mod:`yolov9_qat.export.ort_rewrite`), choosing with ``rewrite``:
 
 * ``qlinear``: for graphs of the ``ort`` placement (every op's output quantized, ``quantize
   --placement ort``): uint8 activations and DQ moved below value-moving ops, both exact; ONNX Runtime
@@ -38,8 +38,9 @@ log = logging.getLogger("yolov9_qat.runtime")
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Read an ONNX file (the linter's loader: a missing or malformed file is one clear UserError)."""
-    from yolov9_qat.export.lint import load_model
+    """Read an ONNX file (:func:`yolov9_qat.export.qdq_graph.load_model`: a missing or malformed file is
+    one clear UserError)."""
+    from yolov9_qat.export.qdq_graph import load_model
 
     proto = load_model(path)
     if not proto.graph.input:
@@ -93,19 +94,19 @@ class OrtModel:
         if self.layout == "deepstream" and "nc" not in self.metadata:
             raise UserError(f"{self.path}: a DeepStream-layout graph without its class count (metadata nc)")
         self.quantized = any(n.op_type == "QuantizeLinear" for n in proto.graph.node)
-        from yolov9_qat.export.qdq_u8 import has_output_qdq
+        from yolov9_qat.export.ort_rewrite import has_output_qdq
 
         self.rewrite = resolve_rewrite(rewrite, self.quantized, self.quantized and has_output_qdq(proto))
         if self.rewrite == "qlinear":
-            from yolov9_qat.export.qdq_u8 import to_ort_qlinear
+            from yolov9_qat.export.ort_rewrite import to_ort_qlinear
 
             proto = to_ort_qlinear(proto)
         elif self.rewrite == "u8":
-            from yolov9_qat.export.qdq_u8 import to_u8
+            from yolov9_qat.export.ort_rewrite import to_u8
 
             proto = to_u8(proto)
         elif self.rewrite == "integer":
-            from yolov9_qat.export.qdq_u8 import to_ort_integer
+            from yolov9_qat.export.ort_rewrite import to_ort_integer
 
             proto = to_ort_integer(proto)
         inp = proto.graph.input[0]

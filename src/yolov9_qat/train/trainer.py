@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -32,49 +32,13 @@ from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.train.ema import ModelEMA, unwrap
 from yolov9_qat.train.loss import build_loss
 from yolov9_qat.train.optim import EpochSchedule, build_optimizer, lr_lambda
+from yolov9_qat.train.options import TrainOptions
 from yolov9_qat.utils.files import atomic_write_json
 from yolov9_qat.utils.runs import run_dir, select_device
 
 log = logging.getLogger("yolov9_qat.train")
 
 NBS = 64  # nominal batch size (upstream's; a hyp file may set ``nbs``)
-
-
-@dataclass
-class TrainOptions:
-    """Every knob of a training run (the CLI's flags, upstream's names)."""
-
-    data: str = ""
-    cfg: str = ""
-    weights: str = ""
-    hyp: str = "hyp.scratch-high"
-    epochs: int = 100
-    batch_size: int = 16
-    img: int = 640
-    device: str = ""
-    workers: int = 8
-    project: str = "runs/train"
-    name: str = "exp"
-    exist_ok: bool = False
-    optimizer: str = "SGD"
-    close_mosaic: int = 15
-    patience: int = 100
-    min_items: int = 0
-    sync_bn: bool = False
-    resume: str = ""
-    seed: int = 0
-    activation: str | None = None
-    cos_lr: bool = False
-    flat_cos_lr: bool = False
-    fixed_lr: bool = False
-    cache: bool = False
-    noval: bool = False
-    nosave: bool = False
-    noplots: bool = False
-    save_period: int = -1
-    progress: bool = True
-    #: stop this process after so many epochs (the run stays resumable); for tests and time budgets
-    stop_after: int = 0
 
 
 def _dist_env() -> tuple[int, int, int]:

@@ -1,5 +1,13 @@
-"""Rewrite int8 activation Q/DQ to uint8 with zero point + 128: the same numbers, faster on x86 ORT.
+"""Rewrites of Q/DQ graphs for ONNX Runtime: uint8 activations, integer convs, QLinear ops.
 
+Three rewrites of an exported Q/DQ graph, each exact or within float rounding, that let ONNX Runtime
+run it with its fast integer kernels: :func:`to_u8`, :func:`to_ort_integer` and
+:func:`to_ort_qlinear` (sections below). The graph is read through
+:class:`yolov9_qat.export.qdq_graph.QdqGraph`.
+
+uint8 activations (:func:`to_u8`)
+---------------------------------
+Rewrite int8 activation Q/DQ to uint8 with zero point + 128: the same numbers, faster on x86 ORT.
 TensorRT wants symmetric int8 Q/DQ (zero point 0) everywhere. ONNX Runtime on x86 runs int8
 activations x int8 weights (S8S8) through slow kernels, while uint8 activations x int8 weights
 (U8S8) use VNNI; see DESIGN.md, "Facts to build on". The two forms are the same quantization:
@@ -70,7 +78,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
-from yolov9_qat.export.lint import CONST, DQ, Q, QdqGraph, QParams, load_model
+from yolov9_qat.export.qdq_graph import CONST, DQ, Q, QdqGraph, QParams, load_model, weight_shape
 from yolov9_qat.utils.files import atomic_write_bytes
 
 log = logging.getLogger("yolov9_qat.export")
@@ -259,12 +267,6 @@ def fold_weight(g: QdqGraph, dq: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray
     return q, np.broadcast_to(s, (q.shape[0],)).astype(np.float32)
 
 
-def _weight_shape(g: QdqGraph, dq: onnx.NodeProto) -> tuple[int, ...]:
-    src = g.producer.get(dq.input[0])
-    value = g.const(src.input[0] if src is not None and src.op_type == Q else dq.input[0])
-    return () if value is None else tuple(value.shape)
-
-
 def _conv_inputs(
     g: QdqGraph, n: onnx.NodeProto, depthwise: bool
 ) -> tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray | None] | str:
@@ -281,7 +283,7 @@ def _conv_inputs(
     if dq_w is None or dq_w.op_type != DQ or not g.is_weight(dq_w):
         return "weight is not dequantized"
     group = next((int(a.i) for a in n.attribute if a.name == "group"), 1)
-    if group > 1 and not depthwise and _weight_shape(g, dq_w)[1:2] == (1,):
+    if group > 1 and not depthwise and (weight_shape(g, dq_w) or ())[1:2] == (1,):
         return f"depthwise (group={group}): ConvInteger runs it one channel at a time"
     bias = None
     if len(n.input) > 2 and n.input[2]:
