@@ -314,7 +314,7 @@ def _bench_end2end(
 ) -> dict[str, Any]:
     """``bench --end2end``: the same model through ``detect``'s path, host pixels to boxes."""
     from yolov9_qat.bench.end2end import EndToEndRunner, load_frames, run_end2end
-    from yolov9_qat.detect import Detector
+    from yolov9_qat.detect import Detector, prepare_image, resolve_source
     from yolov9_qat.runtime.engine_options import EngineOptions
 
     detector = Detector(
@@ -322,7 +322,8 @@ def _bench_end2end(
         threads=args.threads, ort_rewrite=_ort_rewrite(args), rect=False,
         engine=EngineOptions.from_namespace(args) if args.backend == "tensorrt" else None,
     )  # fmt: skip
-    runner = EndToEndRunner(detector, load_frames(args.source), model_report["device"])
+    files = resolve_source(args.source).images if args.source else []
+    runner = EndToEndRunner(detector, prepare_image, load_frames(files), model_report["device"])
     precision = str(model_report.get("precision", ""))
     report = run_end2end(
         runner,

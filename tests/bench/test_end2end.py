@@ -57,9 +57,9 @@ def test_end2end_rows_beside_the_model_rows(graphs, kind, tmp_path, capsys) -> N
 def test_end2end_without_source_uses_hd_frames(graphs, tmp_path) -> None:
     from yolov9_qat.bench.end2end import DEFAULT_FRAME, load_frames
 
-    frames = load_frames(None)
+    frames = load_frames()
     assert len(frames) == 8 and frames[0].shape == (*DEFAULT_FRAME, 3) and frames[0].dtype == np.uint8
-    assert np.array_equal(frames[0], load_frames(None)[0])  # seeded
+    assert np.array_equal(frames[0], load_frames()[0])  # seeded
     rc = main(["bench", "--model", str(graphs["plain"]), "--end2end", "--source", str(tmp_path / "none"),
                "--duration", "0.1", "--no-progress", "--project", str(tmp_path)])  # fmt: skip
     assert rc == 2  # a missing --source is one clear line

@@ -124,13 +124,17 @@ def run_benchmark(
     model: str = "",
     precision: str = "",
     progress: bool = True,
+    on_result: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Measure every batch size; the JSON layout of ``bench`` (one entry per batch size)."""
+    """Measure every batch size; the JSON layout of ``bench`` (one entry per batch size).
+    ``on_result(row)`` may add to each batch's entry (its ``extra``) once it is measured."""
     config = config or BenchConfig()
     batches = list(batches)
     results = []
     for b in tqdm(batches, desc=f"bench {runner.backend}", disable=not progress, leave=False):
         results.append(asdict(measure(runner.prepare(b), b, config)))
+        if on_result is not None:
+            on_result(results[-1])
     return {
         "backend": runner.backend,
         "model": model,

@@ -29,7 +29,8 @@ from yolov9_qat.runtime.precision_graphs import check_precision, default_precisi
 log = logging.getLogger("yolov9_qat.runtime")
 
 DEPLOY_PROFILE = (1, 4, 8)  # the record's deployment engine: min 1, opt 4, max 8
-RESILIENCE = {"min": 1, "opt": 4, "max": 8, "batch": 8}  # DESIGN.md: that engine measured at batch 8
+#: the record's "Resilience" row: the deployment engine (dynamic profile min 1, opt 4, max 8) at batch 8
+RESILIENCE = {"min": 1, "opt": 4, "max": 8, "batch": 8}
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
