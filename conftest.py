@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' shared helpers (tests/shared_helpers.py)
 SHARED = Path(os.environ.get("YOLOV9_QAT_SHARED", ROOT.parent / "shared"))
 
 

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
+from shared_helpers import run_cli
+
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "yolov9_qat", *args], capture_output=True, text=True, cwd=cwd, timeout=600
-    )
+    return run_cli(*args, cwd=cwd, timeout=600)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:

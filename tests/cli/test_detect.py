@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -19,21 +18,15 @@ import numpy as np
 import pytest
 import torch
 
+from shared_helpers import _one_thread  # noqa: F401 (an autouse fixture)
 from yolov9_qat import cli
 from yolov9_qat.detect import ImageResult, detect_images, input_shape, prepare_image, resolve_source
 from yolov9_qat.errors import UserError
-from yolov9_qat.utils.runs import torch_threads
 
 pytestmark = pytest.mark.cpu
 IMG = 64
 NC = 10
 CONF = 0.1  # an untrained model's class scores sit around 0.1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ measured).
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import platform
 from pathlib import Path
@@ -26,6 +25,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from export_models import build, single_thread
 from onnx import TensorProto, helper, numpy_helper
 
 from yolov9_qat.export.lint import lint
@@ -120,24 +120,12 @@ def inputs(images) -> np.ndarray:
     return np.concatenate([images[:2].numpy(), noise])
 
 
-def _conftest():
-    """The sibling conftest as a module (its model builders), under a private name."""
-    spec = importlib.util.spec_from_file_location(
-        "_export_conftest_builders", Path(__file__).with_name("conftest.py")
-    )
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def dynamic_exports(images, loader, tmp_path_factory) -> dict[str, Path]:
     """gelan-n QAT exported with a dynamic batch, plain and end-to-end (ONNX NMS)."""
-    cf = _conftest()
     root = tmp_path_factory.mktemp("ort_integer")
-    with cf.single_thread():
-        model = cf.build(images, loader, "gelan-n", None, "qat")
+    with single_thread():
+        model = build(images, loader, "gelan-n", None, "qat")
         size = images.shape[-1]
         plain = export_onnx(
             model, root / "plain.onnx", ExportOptions(imgsz=size, dynamic=True, simplify=True)

@@ -4,12 +4,12 @@ statistics (so that activations have realistic ranges), and its calibrated PTQ f
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from shared_helpers import _one_thread  # noqa: F401 (an autouse fixture)
 from yolov9_qat.bench.untrained import untrained_model
 from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
@@ -18,12 +18,6 @@ from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.utils.runs import torch_threads
 
 IMG = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="session")

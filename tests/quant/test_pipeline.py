@@ -8,6 +8,7 @@ import logging
 import pytest
 import torch
 
+from shared_helpers import run_cli
 from yolov9_qat.errors import DataError, UserError
 from yolov9_qat.models import checkpoint
 from yolov9_qat.models.checkpoint import gelan_cfg_for
@@ -97,7 +98,6 @@ def test_ort_placement_from_the_command_line(float_model, synth_yaml, tmp_path) 
     """``quantize --placement ort`` -> ``export`` -> ``val --backend onnxruntime`` as a user runs them:
     the checkpoint, the ONNX metadata and ONNX Runtime's rewrite all carry the placement."""
     import subprocess
-    import sys
 
     from yolov9_qat.export.onnx import read_metadata
     from yolov9_qat.runtime.onnxruntime import load_onnx
@@ -105,10 +105,7 @@ def test_ort_placement_from_the_command_line(float_model, synth_yaml, tmp_path) 
     weights = checkpoint.save(float_model, tmp_path / "gelan.pt")
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [sys.executable, "-m", "yolov9_qat", *args], capture_output=True, text=True, timeout=600,
-            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
-        )  # fmt: skip
+        proc = run_cli(*args, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         return proc
 

@@ -12,6 +12,7 @@ import onnx
 import pytest
 import torch
 
+from shared_helpers import _one_thread  # noqa: F401 (an autouse fixture)
 from yolov9_qat.bench.untrained import settle_batchnorm
 from yolov9_qat.errors import UserError
 from yolov9_qat.export.end2end import OUTPUT_NAMES, reference_nms
@@ -19,16 +20,9 @@ from yolov9_qat.export.onnx import ExportOptions, export_onnx, read_metadata
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.runtime.onnxruntime import OrtModel
 from yolov9_qat.utils.boxes import xywh2xyxy
-from yolov9_qat.utils.runs import torch_threads
 
 pytestmark = pytest.mark.cpu
 IMG = 64
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

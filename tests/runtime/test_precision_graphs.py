@@ -14,9 +14,9 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from shared_helpers import _one_thread  # noqa: F401 (an autouse fixture)
 from yolov9_qat.errors import UserError
 from yolov9_qat.runtime import precision_graphs as pg
-from yolov9_qat.utils.runs import torch_threads
 
 pytestmark = pytest.mark.cpu
 
@@ -24,12 +24,6 @@ needs_autocast = pytest.mark.skipif(
     bool(pg.autocast_missing()),
     reason=f"ModelOpt AutoCast needs {', '.join(pg.autocast_missing())} ({pg.AUTOCAST_DEPS_HINT})",
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with torch_threads(1):
-        yield
 
 
 @pytest.fixture(scope="module")

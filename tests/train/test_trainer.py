@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from shared_helpers import run_cli
 from yolov9_qat.data.synth import generate
 
 
@@ -20,14 +21,7 @@ def tiny(tmp_path_factory) -> Path:
     return generate(out, seed=1, n_train=48, n_val=16, imgsz=96, progress=False)
 
 
-def cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "yolov9_qat", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
-    )
+cli = run_cli
 
 
 def train_args(data: Path, project: Path, name: str, *extra: str) -> list[str]:
