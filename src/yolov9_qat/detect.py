@@ -506,30 +506,42 @@ def detect_images(
 # --- drawing and writing ---------------------------------------------------------------------------
 class Annotator:
     """Boxes, class names and scores drawn with ``supervision`` (upstream's ``--line-thickness``,
-    ``--hide-labels``, ``--hide-conf``)."""
+    ``--hide-labels``, ``--hide-conf``). Without a line thickness the style follows each picture's size
+    (supervision's optimal line thickness and text scale, the text no smaller than 0.3)."""
 
     def __init__(
         self,
         names: Sequence[str],
-        line_thickness: int = 3,
+        line_thickness: int | None = None,
         hide_labels: bool = False,
         hide_conf: bool = False,
     ) -> None:
-        import supervision as sv
-
         self.names = list(names)
         self.hide_labels, self.hide_conf = hide_labels, hide_conf
-        t = max(1, int(line_thickness))
-        self.box = sv.BoxAnnotator(thickness=t)
-        # smart_position keeps labels inside the picture (a box at the top edge has no room above it)
-        # and spreads them apart; its cost grows about with the square of the labels (0.6 s for 300)
-        style = {
-            "text_scale": max(0.3, t / 6),
-            "text_thickness": max(1, t // 3),
-            "text_padding": max(2, 2 * t),
-        }
-        self.label = sv.LabelAnnotator(**style, smart_position=True)
-        self.label_many = sv.LabelAnnotator(**style)
+        self.line_thickness = line_thickness
+        self._styles: dict[Any, tuple[Any, Any, Any]] = {}
+
+    def _annotators(self, wh: tuple[int, int]) -> tuple[Any, Any, Any]:
+        """(box, label, label without smart placement) annotators for a ``w x h`` picture."""
+        import supervision as sv
+
+        key = wh if self.line_thickness is None else None
+        if key not in self._styles:
+            if self.line_thickness is None:
+                t = sv.calculate_optimal_line_thickness(wh)
+                scale = max(0.3, sv.calculate_optimal_text_scale(wh))
+            else:
+                t = max(1, int(self.line_thickness))
+                scale = max(0.3, t / 6)
+            # smart_position keeps labels inside the picture (a box at the top edge has no room above
+            # it) and spreads them apart; its cost grows about with the square of the labels
+            style = {"text_scale": scale, "text_thickness": max(1, t // 3), "text_padding": max(2, 2 * t)}
+            self._styles[key] = (
+                sv.BoxAnnotator(thickness=t),
+                sv.LabelAnnotator(**style, smart_position=True),
+                sv.LabelAnnotator(**style),
+            )
+        return self._styles[key]
 
     def _name(self, c: int) -> str:
         return self.names[c] if 0 <= c < len(self.names) else str(c)
@@ -541,18 +553,19 @@ class Annotator:
 
         if not len(det):
             return img
+        box, label, label_many = self._annotators((int(img.shape[1]), int(img.shape[0])))
         detections = sv.Detections(
             xyxy=np.asarray(det[:, :4], dtype=np.float32),
             confidence=np.asarray(det[:, 4], dtype=np.float32),
             class_id=np.asarray(det[:, 5]).astype(int),
         )
-        img = self.box.annotate(img, detections)
+        img = box.annotate(img, detections)
         if not self.hide_labels:
             labels = [
                 self._name(int(c)) if self.hide_conf else f"{self._name(int(c))} {s:.2f}"
                 for c, s in zip(detections.class_id, detections.confidence, strict=True)
             ]
-            labeler = self.label if len(labels) <= SMART_LABELS else self.label_many
+            labeler = label if len(labels) <= SMART_LABELS else label_many
             img = labeler.annotate(img, detections, labels=labels)
         return img
 
@@ -622,7 +635,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--save-conf", action="store_true", help="with --save-txt: add each detection's score")
     p.add_argument("--save-json", action="store_true", help="write <weights>_predictions.json (COCO results)")
     p.add_argument("--nosave", action="store_true", help="do not save annotated images / videos")
-    p.add_argument("--line-thickness", type=int, default=3, help="box thickness in pixels")
+    p.add_argument(
+        "--line-thickness", type=int, default=None, help="box thickness in pixels (default: by picture size)"
+    )
     p.add_argument("--hide-labels", action="store_true", help="draw boxes only")
     p.add_argument("--hide-conf", action="store_true", help="labels without scores")
     p.add_argument("--half", action="store_true", help="FP16 inference (PyTorch on CUDA)")
@@ -774,7 +789,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.vid_stride < 1:
         raise UserError(f"--vid-stride {args.vid_stride}: must be at least 1")
-    if args.line_thickness < 1:
+    if args.line_thickness is not None and args.line_thickness < 1:
         raise UserError(f"--line-thickness {args.line_thickness}: must be at least 1")
     source = resolve_source(args.source)
     backend_for(args.weights, args.backend)  # an unknown model file before anything is loaded
