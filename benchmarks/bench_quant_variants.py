@@ -40,8 +40,9 @@ def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     if args.head_float:
         out.update({"default": {}, "head_float": {"head_float": True}})
-    for method in [m for m in args.calib.split(",") if m]:
-        out[f"calib_{method}"] = {"calib_method": method}
+    default_method = get_profile(args.profile).quant.calib_method
+    for method in [m for m in args.calib.split(",") if m]:  # the profile's own method: the record's run
+        out[f"calib_{method}"] = {} if method == default_method else {"calib_method": method}
     if args.seed_recipe:
         out.update(
             {"qat_det (ours)": {}, "qat (seed recipe)": {"det_loss_weight": 0.0, "calib_method": "mse"}}
