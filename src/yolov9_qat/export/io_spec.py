@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from yolov9_qat.errors import UserError
-from yolov9_qat.export.layouts import LAYOUTS, layout_of
+from yolov9_qat.export.layouts import LAYOUTS, layout_of, read_metadata
 
 SCHEMA = 1
 IO_JSON_SUFFIX = ".io.json"
@@ -73,17 +73,6 @@ def _load(onnx_path: Path) -> Any:
     except Exception as e:  # protobuf DecodeError, truncated file, ... : one line, no traceback
         why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{onnx_path}: not an ONNX model ({why})") from None
-
-
-def _metadata(proto: Any) -> dict[str, Any]:
-    """``metadata_props`` with JSON values decoded (as :func:`yolov9_qat.export.onnx.read_metadata`)."""
-    out: dict[str, Any] = {}
-    for p in proto.metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except ValueError:
-            out[p.key] = p.value
-    return out
 
 
 def _tensor(value_info: Any) -> dict[str, Any]:
@@ -186,7 +175,7 @@ def describe(onnx_path: str | Path) -> dict[str, Any]:
     """
     path = Path(onnx_path)
     proto = _load(path)
-    meta = _metadata(proto)
+    meta = read_metadata(proto)
     initializers = {i.name for i in proto.graph.initializer}
     inputs = [_tensor(v) for v in proto.graph.input if v.name not in initializers]
     outputs = [_tensor(v) for v in proto.graph.output]

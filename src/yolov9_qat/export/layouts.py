@@ -8,6 +8,7 @@ exporter, the runtimes, ``.io.json`` and the deployment configs (standard librar
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -44,3 +45,15 @@ def layout_of(
     if len(names) == 1 and len(output_shapes) == 1 and len(output_shapes[0]) == 3:
         return "deepstream" if output_shapes[0][-1] == 6 else "plain"
     return None
+
+
+def read_metadata(model: Any) -> dict[str, Any]:
+    """An ONNX model's ``metadata_props`` as :func:`yolov9_qat.export.onnx.metadata` wrote them (JSON values
+    decoded), ``{}`` for foreign files."""
+    out: dict[str, Any] = {}
+    for p in model.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except (json.JSONDecodeError, ValueError):
+            out[p.key] = p.value
+    return out

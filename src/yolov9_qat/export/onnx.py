@@ -25,7 +25,7 @@ from yolov9_qat import __version__
 from yolov9_qat.errors import UserError
 from yolov9_qat.export import deepstream
 from yolov9_qat.export.end2end import FLAVOURS, End2End
-from yolov9_qat.export.layouts import DEFAULT_NAMES, layout_of
+from yolov9_qat.export.layouts import DEFAULT_NAMES, layout_of, read_metadata
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.utils.files import atomic_save
 
@@ -119,17 +119,6 @@ def metadata(model: DetectionModel, opts: ExportOptions, precision: str) -> dict
         )
     meta.update({k: str(v) for k, v in opts.extra_metadata.items()})
     return meta
-
-
-def read_metadata(model: onnx.ModelProto) -> dict[str, Any]:
-    """The metadata :func:`metadata` wrote (JSON values decoded), ``{}`` for foreign files."""
-    out: dict[str, Any] = {}
-    for p in model.metadata_props:
-        try:
-            out[p.key] = json.loads(p.value)
-        except (json.JSONDecodeError, ValueError):
-            out[p.key] = p.value
-    return out
 
 
 def graph_layout(proto: onnx.ModelProto) -> str:
