@@ -10,7 +10,7 @@ import pytest
 
 from yolov9_qat.record import baseline, gpu, pipeline, tables
 from yolov9_qat.record.baseline import load_baseline
-from yolov9_qat.record.rows import ROW, ROWS, Row, _check, float_bench, names, select
+from yolov9_qat.record.rows import ROW, ROWS, Row, _check, float_bench, names, run_name, run_parts, select
 
 pytestmark = pytest.mark.cpu
 
@@ -41,9 +41,13 @@ def test_labels_come_from_the_rows() -> None:
 
 
 def test_pipeline_and_gpu_record_take_their_rows_from_the_table() -> None:
-    assert pipeline.PLACEMENT_OF == {"fp32": None, "int8": "trt", "int8ort": "ort", "int8_e2e": "trt"}
-    assert set(pipeline.ONNX_KINDS) == {"fp32", "int8", "int8_e2e", "int8ort"}
-    assert pipeline.PLACEMENTS == ("trt", "ort")
+    assert pipeline.RUN_OF == {
+        "fp32": None, "int8": "trt", "int8seed": "trt_seed", "int8ort": "ort", "int8_e2e": "trt"
+    }  # fmt: skip
+    assert set(pipeline.ONNX_KINDS) == {"fp32", "int8", "int8seed", "int8_e2e", "int8ort"}
+    assert pipeline.RUNS == ("trt", "trt_seed", "ort")
+    assert run_parts("trt_seed") == ("trt", "seed") and run_parts("ort") == ("ort", "det")
+    assert all(run_name(*run_parts(r)) == r for r in pipeline.RUNS)
     assert {r.name: (r.onnx, r.rewrite) for r in pipeline.BENCH_ROWS} == {
         "fp32": ("fp32", "none"),
         "int8": ("int8", "auto"),
@@ -64,8 +68,12 @@ def test_the_table_checks_itself() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         ROWS[0].name = "x"  # type: ignore[misc]
     extra = Row("x_onnxruntime", "X", ("cpu",), accuracy=True, onnx="int8", placement="ort")
-    with pytest.raises(ValueError, match="placement"):
+    with pytest.raises(ValueError, match="QAT run"):
         _check((*ROWS, extra))  # int8 is TensorRT's placement elsewhere
+    with pytest.raises(ValueError, match="QAT run"):
+        _check((*ROWS, dataclasses.replace(extra, placement="trt", recipe="seed")))  # int8 is ours
+    with pytest.raises(ValueError, match="recipe"):
+        _check((*ROWS, dataclasses.replace(extra, name="z_onnxruntime", onnx="z", recipe="other")))
     with pytest.raises(ValueError, match="duplicate"):
         _check((*ROWS, ROWS[0]))
     with pytest.raises(ValueError, match="QAT summary entry or an ONNX graph"):

@@ -175,7 +175,8 @@ def test_cpu_record_extras_render() -> None:
 def test_labels_and_formats() -> None:
     assert eval_label("int8_tensorrt") == "INT8 (TensorRT)"
     assert eval_label("fp16_tensorrt") == "FP16 (TensorRT)"  # composed from the model and backend words
-    assert eval_label("qat_onnxruntime") == "QAT (ONNX Runtime)"
+    assert eval_label("qat_onnxruntime") == "INT8 seed recipe (ONNX Runtime)"  # a row of the table
+    assert eval_label("qat_tensorrt") == "QAT (TensorRT)"
     with pytest.raises(KeyError, match="int8_tensorrtt"):
         eval_label("int8_tensorrtt")
     assert (fmt_ms(20.4), fmt_ms(2.891)) == ("20.40 ms", "2.89 ms")

@@ -12,9 +12,11 @@ from yolov9_qat.options import option
 
 #: ``max``: the largest |x| seen; histogram methods: ``percentile`` (of |x|), ``mse`` (least squared
 #: quantization error), ``entropy`` (least KL divergence, TensorRT's classic calibrator)
-CALIB_METHODS: tuple[str, ...] = ("percentile", "mse", "entropy", "max")
-#: upstream YOLOv9-QAT calibrates with a histogram at the 99.999th percentile over 25 batches
-DEFAULT_CALIB_METHOD = "percentile"
+CALIB_METHODS: tuple[str, ...] = ("mse", "percentile", "entropy", "max")
+#: MSE histogram calibration: the best QAT AP of the four methods over the five activations (README's
+#: calibration table, ``benchmarks/bench_quant_variants.py --calib``); upstream YOLOv9-QAT moved from
+#: the 99.999th percentile to it as well
+DEFAULT_CALIB_METHOD = "mse"
 DEFAULT_PERCENTILE = 99.999
 #: ``trt``: TensorRT's rules (the record's); ``ort``: also quantize every op's output for ONNX Runtime
 PLACEMENTS: tuple[str, ...] = ("trt", "ort")
@@ -24,8 +26,8 @@ DEFAULT_PLACEMENT = "trt"
 @dataclass(frozen=True)
 class QuantizeOptions:
     """Everything ``quantize`` takes besides the checkpoint and the data set. Defaults are upstream
-    YOLOv9-QAT's (batch 10, 200 iterations x 10 epochs, lr 1e-5, seed 57, histogram calibration at the
-    99.999th percentile over 25 batches)."""
+    YOLOv9-QAT's (batch 10, 200 iterations x 10 epochs, lr 1e-5, seed 57, MSE histogram calibration
+    over 25 batches, feature MSE alone)."""
 
     hyp: str | Mapping[str, Any] = option("hyp.scratch-high", "hyper-parameter YAML (name, path or a mapping): the QAT loader's augmentation and the detection loss's gains")  # fmt: skip
     img: int = option(640, "image size", flags=("--img", "--imgsz"), type=int)

@@ -27,7 +27,7 @@ from yolov9_qat.errors import UserError
 from yolov9_qat.models.activations import canonical_activation
 from yolov9_qat.quant.options import QuantizeOptions
 from yolov9_qat.record.cache import Cache
-from yolov9_qat.record.rows import ROW, Row, select
+from yolov9_qat.record.rows import ROW, Row, run_parts, select
 from yolov9_qat.utils.runs import torch_threads
 
 log = logging.getLogger("yolov9_qat.record")
@@ -36,14 +36,13 @@ ACTIVATIONS: tuple[str, ...] = ("SiLU", "ReLU", "FReLU", "Mish", "AconC")
 #: the CPU record's rows (:data:`yolov9_qat.record.rows.ROWS`): evaluated ones, benchmarks
 EVAL_ROWS: tuple[Row, ...] = select("cpu", accuracy=True) + select("cpu", extra=True)
 BENCH_ROWS: tuple[Row, ...] = select("cpu", bench=True)
-#: ONNX graphs per activation (the kinds the rows run): the converted float model (no placement), the
-#: QAT model of each placement (``quantize --placement``), ``*_e2e`` with NMS inside
-PLACEMENT_OF: dict[str, str | None] = {r.onnx: r.placement for r in (*EVAL_ROWS, *BENCH_ROWS) if r.onnx}
-ONNX_KINDS: tuple[str, ...] = tuple(PLACEMENT_OF)
-#: the QAT runs whose summaries hold the PyTorch rows
-PLACEMENTS: tuple[str, ...] = tuple(
-    dict.fromkeys(r.placement for r in EVAL_ROWS if r.summary and r.placement)
-)
+#: ONNX graphs per activation (the kinds the rows run) and the QAT run each comes from: the converted
+#: float model (None), the QAT model of each run (placement and recipe: :func:`~yolov9_qat.record.rows.
+#: run_name`), ``*_e2e`` with NMS inside
+RUN_OF: dict[str, str | None] = {r.onnx: r.run for r in (*EVAL_ROWS, *BENCH_ROWS) if r.onnx}
+ONNX_KINDS: tuple[str, ...] = tuple(RUN_OF)
+#: the QAT runs whose summaries hold the PyTorch rows (``trt`` first: it holds Origin and the control)
+RUNS: tuple[str, ...] = tuple(dict.fromkeys(r.run for r in EVAL_ROWS if r.summary and r.run))
 METRIC_KEYS = ("AP", "AP50", "precision", "recall")
 #: the modules each step runs: their import closure keys the step's artefacts (:func:`code_version`)
 STEP_ROOTS: dict[str, tuple[str, ...]] = {
@@ -57,12 +56,16 @@ STEP_ROOTS: dict[str, tuple[str, ...]] = {
 }
 
 
-#: the record's QAT: percentile calibration on 16 batches, 2 epochs x 80 iterations of batch 10 at
-#: lr 1e-4, feature MSE plus the detection loss
+#: the record's QAT: MSE calibration on 16 batches (the best QAT AP of max / percentile / mse / entropy
+#: over the five activations: README), 2 epochs x 80 iterations of batch 10 at lr 1e-4, feature MSE
+#: plus the detection loss (recipe ``det``)
 RECORD_QUANT = replace(
-    QuantizeOptions(), calib_method="percentile", calib_batches=16, epochs=2, iters=80, lr=1e-4, batch_size=10,
+    QuantizeOptions(), calib_method="mse", calib_batches=16, epochs=2, iters=80, lr=1e-4, batch_size=10,
     det_loss_weight=1.0,
 )  # fmt: skip
+#: what each QAT recipe (:data:`~yolov9_qat.record.rows.RECIPES`) changes in the profile's options:
+#: ``seed`` is the published record's loss, feature MSE alone (everything else held equal)
+RECIPE_OPTIONS: dict[str, dict[str, Any]] = {"det": {}, "seed": {"det_loss_weight": 0.0}}
 
 
 @dataclass(frozen=True)
@@ -219,43 +222,48 @@ class Pipeline:
         key = {"act": act, "from": src.parent.name}
         return self._step("convert", f"{act}: reparameterize", key, build) / "converted.pt"
 
-    def quantize_options(self, placement: str, project: Path) -> QuantizeOptions:
-        """The options of the record's ``quantize`` run of ``placement`` into ``project/run``."""
+    def quantize_options(self, run: str, project: Path) -> QuantizeOptions:
+        """The options of the record's ``quantize`` run ``run`` (``trt``, ``ort``, ``trt_seed``: placement
+        and recipe) into ``project/run``. Only ``trt`` evaluates Origin and runs the float control; the
+        seed recipe's PTQ is ``trt``'s (same placement, calibration and seed), so it is not evaluated twice."""
         p = self.profile
+        placement, recipe = run_parts(run)
         return replace(
             p.quant, hyp=p.hyp, img=p.imgsz, seed=p.seed, device="cpu", project=str(project), name="run",
             exist_ok=True, workers=self.workers, progress=self.progress, placement=placement,
-            eval_origin=placement == "trt", float_control=placement == "trt",
+            eval_origin=run == "trt", float_control=run == "trt", eval_ptq=recipe == "det",
+            **RECIPE_OPTIONS[recipe],
         )  # fmt: skip
 
-    def quantized(self, act: str, placement: str = "trt") -> Path:
-        """The QAT run folder: ``qat.pt`` (best QAT checkpoint) and ``summary.json`` (Origin, PTQ, QAT,
-        and Origin fine-tuned: the float control with the QAT run's schedule, quantizers off).
+    def quantized(self, act: str, run: str = "trt") -> Path:
+        """The folder of QAT run ``run``: ``qat.pt`` (best QAT checkpoint) and ``summary.json`` (PTQ,
+        QAT; for ``trt`` also Origin and Origin fine-tuned: the float control with the QAT run's
+        schedule, quantizers off).
 
-        ``placement="ort"``: the ONNX Runtime placement (no Origin evaluation nor float control: the
-        ``trt`` run has them).
+        ``ort``: the ONNX Runtime placement; ``trt_seed``: TensorRT's placement with the published
+        record's recipe (feature MSE alone, whose control is Origin itself).
         """
         from yolov9_qat.quant.pipeline import quantize
 
         p, data, src = self.profile, self.data(), self.converted(act)
 
         def build(tmp: Path) -> None:
-            summary = quantize(src, data, self.quantize_options(placement, tmp))
+            summary = quantize(src, data, self.quantize_options(run, tmp))
             shutil.copy2(summary["weights_out"]["qat_best"], tmp / "qat.pt")
             _write_json(tmp / "summary.json", summary)
 
         key: dict[str, Any] = {"act": act, "from": src.parent.name}
-        if placement != "trt":
-            key["placement"] = placement
-        what = f"{act}: PTQ + QAT ({p.quant.epochs} x {p.quant.iters} it{', ort placement' if placement != 'trt' else ''})"
+        if run != "trt":
+            key["run"] = run
+        what = f"{act}: PTQ + QAT ({p.quant.epochs} x {p.quant.iters} it{', ' + run if run != 'trt' else ''})"
         return self._step("quantize", what, key, build)
 
     def onnx(self, act: str, kind: str) -> Path:
         """ONNX file ``kind`` (:data:`ONNX_KINDS`) of activation ``act``."""
         if kind not in ONNX_KINDS:
             raise ValueError(f"kind must be one of {ONNX_KINDS}")
-        placement = PLACEMENT_OF[kind]
-        src = self.converted(act) if placement is None else self.quantized(act, placement) / "qat.pt"
+        run = RUN_OF[kind]
+        src = self.converted(act) if run is None else self.quantized(act, run) / "qat.pt"
         e2e = "onnx" if kind.endswith("_e2e") else None
 
         def build(tmp: Path) -> None:
@@ -330,20 +338,20 @@ class Pipeline:
         return json.loads((out / "bench.json").read_text())
 
     # --- the record ------------------------------------------------------------------------------
-    def _summary(self, act: str, placement: str = "trt") -> dict[str, Any]:
-        """The ``summary.json`` of the QAT run of ``placement``."""
-        return json.loads((self.quantized(act, placement) / "summary.json").read_text())
+    def _summary(self, act: str, run: str = "trt") -> dict[str, Any]:
+        """The ``summary.json`` of QAT run ``run``."""
+        return json.loads((self.quantized(act, run) / "summary.json").read_text())
 
     def activation_record(self, act: str, bench: bool = True) -> dict[str, Any]:
         """Everything the record says about one activation (accuracy rows, latency rows, extras)."""
-        summaries = {pl: self._summary(act, pl) for pl in PLACEMENTS}
+        summaries = {run: self._summary(act, run) for run in RUNS}
         figures: dict[str, dict[str, float]] = {}
         for row in EVAL_ROWS:
             if row.onnx is not None:
                 figures[row.name] = _metrics(self.ort_metrics(act, row.onnx))
             else:
-                assert row.placement is not None and row.summary is not None
-                figures[row.name] = _metrics(summaries[row.placement].get(row.summary) or {})
+                assert row.run is not None and row.summary is not None
+                figures[row.name] = _metrics(summaries[row.run].get(row.summary) or {})
         latency: dict[str, Any] = {}
         raw: dict[str, Any] = {}
         if bench:

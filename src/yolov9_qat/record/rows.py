@@ -15,6 +15,23 @@ from dataclasses import dataclass
 
 #: the records that make rows: ``reproduce --profile cpu|test`` (ONNX Runtime) and ``--profile gpu``
 RECORDS: tuple[str, ...] = ("cpu", "gpu")
+#: the QAT recipes: ``det`` (ours: feature MSE against the float model plus the detection loss) and
+#: ``seed`` (the published record's tool: feature MSE alone, no labels). Everything else of a run (data
+#: order, schedule, calibration, selection rule) is the record's own, so the two differ in the loss alone.
+RECIPES: tuple[str, ...] = ("det", "seed")
+
+
+def run_name(placement: str, recipe: str = "det") -> str:
+    """The name of a QAT run of the record: ``trt``, ``ort``, ``trt_seed`` ..."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown QAT recipe {recipe!r}; known: {RECIPES}")
+    return placement if recipe == "det" else f"{placement}_{recipe}"
+
+
+def run_parts(run: str) -> tuple[str, str]:
+    """``(placement, recipe)`` of a run name (the inverse of :func:`run_name`)."""
+    placement, _, recipe = run.partition("_")
+    return placement, recipe or "det"
 
 
 @dataclass(frozen=True)
@@ -43,6 +60,8 @@ class Row:
     placement: str | None = None
     #: the entry of that run's QAT summary holding the row's PyTorch figures (``origin``, ``best`` ...)
     summary: str | None = None
+    #: the QAT recipe of that run (:data:`RECIPES`)
+    recipe: str = "det"
     #: the ONNX Runtime rewrite the benchmark runs (``none``, ``auto``; see runtime/onnxruntime.py)
     rewrite: str | None = None
     #: the TensorRT precision of the row's engine (GPU record)
@@ -59,6 +78,11 @@ class Row:
     def column(self) -> str:
         """The report's column words of a benchmark row."""
         return self.bench_label or self.label
+
+    @property
+    def run(self) -> str | None:
+        """The QAT run behind the row (:func:`run_name`); None: the converted float model."""
+        return None if self.placement is None else run_name(self.placement, self.recipe)
 
     @property
     def words(self) -> str:
@@ -79,6 +103,11 @@ ROWS: tuple[Row, ...] = (
     Row("int8_pytorch", "INT8 (Pytorch)", BOTH, accuracy=True, placement="trt", summary="best", short="QAT"),
     Row("origin_onnxruntime", "Origin (ONNX Runtime)", CPU, accuracy=True, onnx="fp32"),
     Row("int8_onnxruntime", "INT8 (ONNX Runtime)", CPU, accuracy=True, onnx="int8", placement="trt"),
+    # the published record's recipe (feature MSE alone): its float control is Origin itself
+    Row("qat_pytorch", "INT8 seed recipe (Pytorch)", CPU, accuracy=True, placement="trt", recipe="seed",
+        summary="best", short="QAT seed recipe"),
+    Row("qat_onnxruntime", "INT8 seed recipe (ONNX Runtime)", CPU, accuracy=True, onnx="int8seed",
+        placement="trt", recipe="seed"),
     # the QAT model of the ``ort`` placement (quantize --placement ort: every op's output quantized)
     Row("int8ort_pytorch", "INT8 ort placement (Pytorch)", CPU, accuracy=True, placement="ort",
         summary="best"),
@@ -139,17 +168,19 @@ def float_bench() -> Row:
 
 
 def _check(rows: tuple[Row, ...]) -> None:
-    """The table's invariants (checked on import): unique names, known records, one placement per ONNX
-    kind, a source for every evaluated row, what benchmarks and GPU rows need."""
+    """The table's invariants (checked on import): unique names, known records, one QAT run (placement and
+    recipe) per ONNX kind, a source for every evaluated row, what benchmarks and GPU rows need."""
     if len({r.name for r in rows}) != len(rows):
         raise ValueError("record rows: duplicate names")
-    placement: dict[str, str | None] = {}
+    runs: dict[str, str | None] = {}
     for r in rows:
         where = f"record row {r.name!r}"
         if not r.records or set(r.records) - set(RECORDS):
             raise ValueError(f"{where}: records must be among {RECORDS}")
-        if r.onnx is not None and placement.setdefault(r.onnx, r.placement) != r.placement:
-            raise ValueError(f"{where}: ONNX {r.onnx!r} has placement {placement[r.onnx]!r} elsewhere")
+        if r.recipe not in RECIPES:
+            raise ValueError(f"{where}: recipe must be among {RECIPES}")
+        if r.onnx is not None and runs.setdefault(r.onnx, r.run) != r.run:
+            raise ValueError(f"{where}: ONNX {r.onnx!r} comes from the QAT run {runs[r.onnx]!r} elsewhere")
         if (r.accuracy or r.extra) and (r.summary is None) == (r.onnx is None):
             raise ValueError(f"{where}: an evaluated row needs a QAT summary entry or an ONNX graph")
         if r.summary is not None and r.placement is None:
