@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision
 
-from yolov9_qat.eval.nms import clip_boxes, non_max_suppression, scale_boxes
+from yolov9_qat.eval.nms import PER_CLASS_FROM, clip_boxes, non_max_suppression, scale_boxes
+from yolov9_qat.utils.boxes import xywh2xyxy
 
 pytestmark = pytest.mark.cpu
 
@@ -142,6 +144,27 @@ def test_matches_brute_force_reference(seed: int, agnostic: bool) -> None:
         assert len(ref) > 10
         assert out[xi].shape == ref.shape
         np.testing.assert_allclose(out[xi].numpy(), ref, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("max_det", [300, 5000])
+def test_class_by_class_keeps_what_one_offset_call_keeps(max_det: int) -> None:
+    """Above ``PER_CLASS_FROM`` candidates NMS runs class by class: exactly the boxes, in the order, that
+    one ``torchvision.ops.nms`` call over the class-offset boxes keeps (upstream's form)."""
+    gen = torch.Generator().manual_seed(3)
+    nc, anchors = 10, 525  # 160 px: 20x20 + 10x10 + 5x5 anchors, every (anchor, class) pair a candidate
+    xy = torch.rand(2, 2, anchors, generator=gen) * 160
+    wh = torch.rand(2, 2, anchors, generator=gen) * 60 + 4
+    scores = (torch.rand(2, nc, anchors, generator=gen) * 1000).round() / 1000 + 0.002  # ties included
+    pred = torch.cat((xy, wh, scores), 1)
+    out = non_max_suppression(pred, max_det=max_det)
+    for xi in range(2):
+        x = pred[xi].T
+        i, j = (x[:, 4:] > 0.001).nonzero(as_tuple=True)
+        assert len(i) > PER_CLASS_FROM
+        cand = torch.cat((xywh2xyxy(x[i, :4]), x[i, 4 + j, None], j[:, None].float()), 1)
+        cand = cand[torch.sort(cand[:, 4], descending=True, stable=True).indices]
+        keep = torchvision.ops.nms(cand[:, :4] + cand[:, 5:6] * 7680, cand[:, 4], 0.7)[:max_det]
+        assert torch.equal(out[xi], cand[keep])
 
 
 def test_scale_boxes_undoes_letterbox() -> None:

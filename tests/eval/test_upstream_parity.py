@@ -14,6 +14,9 @@ import pytest
 
 from yolov9_qat.eval.metrics import coco_map
 
+#: one worker runs the module's val passes under -n
+pytestmark = pytest.mark.xdist_group("upstream-parity")
+
 
 @pytest.fixture(scope="module")
 def fixture(shared_dir: Path, tmp_path_factory) -> Path:

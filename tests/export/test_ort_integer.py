@@ -33,7 +33,8 @@ from yolov9_qat.export.onnx import ExportOptions, export_onnx
 from yolov9_qat.export.ort_rewrite import IntegerReport, fold_weight, to_ort_integer, to_u8
 from yolov9_qat.export.qdq_graph import QdqGraph
 
-pytestmark = pytest.mark.cpu
+#: one worker builds the session's ort-placement models (shared with test_ort_qlinear.py) under -n
+pytestmark = [pytest.mark.cpu, pytest.mark.xdist_group("ort-placement-models")]
 
 U = 2.0**-24  # float32 unit roundoff
 DFL = "/model.22/dfl/conv/Conv"

@@ -26,7 +26,8 @@ from yolov9_qat.export.qdq_graph import DQ, Q, QdqGraph
 from yolov9_qat.runtime.onnxruntime import OrtModel
 from yolov9_qat.utils.runs import torch_threads
 
-pytestmark = pytest.mark.cpu
+#: one worker builds the session's ort-placement models (shared with test_ort_integer.py) under -n
+pytestmark = [pytest.mark.cpu, pytest.mark.xdist_group("ort-placement-models")]
 
 ACTS = ("SiLU", "ReLU", "FReLU", "Mish", "AconC")
 needs_exact_kernels = pytest.mark.skipif(

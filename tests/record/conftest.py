@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,8 +29,18 @@ def cpu_record(cpu_pipeline) -> Any:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``pytest -n N --dist loadgroup`` all cases of one activation run on one worker, so the
-    workers build different activations' artefacts in parallel instead of waiting on one lock."""
+    workers build different activations' artefacts in parallel instead of waiting on one lock. Only this
+    folder's cases: the hook sees the whole session's items, and other modules group their own. The
+    grouped cases go first: xdist hands out groups in this order, so the workers start on the long
+    builds and the many short tests fill the tail (the longest-first rule)."""
+    here = Path(__file__).parent
+    grouped = []
     for item in items:
+        if here not in item.path.parents:
+            continue
         act = getattr(getattr(item, "callspec", None), "params", {}).get("act")
         if act is not None:
             item.add_marker(pytest.mark.xdist_group(f"record-{act}"))
+            grouped.append(item)
+    ids = {id(it) for it in grouped}
+    items[:] = grouped + [it for it in items if id(it) not in ids]

@@ -21,7 +21,8 @@ from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.runtime.onnxruntime import OrtModel
 from yolov9_qat.utils.boxes import xywh2xyxy
 
-pytestmark = pytest.mark.cpu
+#: one worker builds the module's models and graphs under -n
+pytestmark = [pytest.mark.cpu, pytest.mark.xdist_group("onnxruntime-backend")]
 IMG = 64
 
 

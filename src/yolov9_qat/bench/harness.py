@@ -8,14 +8,15 @@ itself on the device (TensorRT: CUDA events around the enqueue) or ``None``.
 The figures are trtexec's: ``latency_ms`` is host latency (``time.perf_counter`` around each inference,
 what trtexec's "Latency" is), ``device_latency_ms`` the runner's own device timing when it has one (what
 trtexec reports as GPU compute time), and ``throughput_qps`` queries per second of host wall time over the
-measured run (trtexec's "Throughput"), not one over the mean latency.
+measured run (trtexec's "Throughput"), not one over the mean latency. Models that are compared are
+measured with :func:`run_side_by_side` (interleaved turns), so a ratio of theirs holds on a busy machine.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -76,45 +77,66 @@ def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
     return out
 
 
-def measure(step: Step, batch: int, config: BenchConfig) -> BatchResult:
-    """Warm up for ``config.warmup_ms``, then call ``step`` until ``config.duration_s`` has passed
-    (and at least ``min_iterations`` times)."""
-    t_end = time.perf_counter() + config.warmup_ms / 1e3
+def _warm_up(step: Step, warmup_ms: float) -> None:
+    t_end = time.perf_counter() + warmup_ms / 1e3
     step()  # at least one warm-up call (first-run allocations, lazy initialisation)
     while time.perf_counter() < t_end:
         step()
-    latencies: list[float] = []
-    device: list[float] = []
-    t0 = time.perf_counter()
-    t_end = t0 + config.duration_s
-    while True:
-        s = time.perf_counter()
-        measured = step()
-        latencies.append(1e3 * (time.perf_counter() - s))
-        if measured is not None:
-            device.append(float(measured))
-        n = len(latencies)
-        if config.max_iterations is not None and n >= config.max_iterations:
-            break
-        if n >= config.min_iterations and time.perf_counter() >= t_end:
-            break
-    wall = time.perf_counter() - t0
-    qps = len(latencies) / max(wall, 1e-12)  # trtexec's throughput: queries per second of host wall time
-    extra: dict[str, Any] = {
-        "wall_s": wall,
-        "latency_basis": "host: perf_counter around each inference (trtexec's Latency)",
-        "throughput_basis": "queries per second of host wall time over the measured run (trtexec's Throughput)",
-    }
-    if device:
-        extra["device_latency_ms"] = latency_stats(device)  # trtexec's GPU Compute Time
-    return BatchResult(
-        batch=batch,
-        iterations=len(latencies),
-        latency_ms=latency_stats(latencies),
-        throughput_qps=qps,
-        ips=qps * batch,
-        extra=extra,
-    )
+
+
+@dataclass
+class _Samples:
+    """The timed calls of one runner at one batch size (pooled over its turns when interleaved)."""
+
+    latencies: list[float] = field(default_factory=list)
+    device: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def run(self, step: Step, duration_s: float, min_iterations: int, max_iterations: int | None) -> None:
+        """Call ``step`` until ``duration_s`` has passed (and at least ``min_iterations`` times)."""
+        n0 = len(self.latencies)
+        t0 = time.perf_counter()
+        t_end = t0 + duration_s
+        while True:
+            s = time.perf_counter()
+            measured = step()
+            self.latencies.append(1e3 * (time.perf_counter() - s))
+            if measured is not None:
+                self.device.append(float(measured))
+            n = len(self.latencies) - n0
+            if max_iterations is not None and n >= max_iterations:
+                break
+            if n >= min_iterations and time.perf_counter() >= t_end:
+                break
+        self.wall_s += time.perf_counter() - t0
+
+    def result(self, batch: int, **extra: Any) -> BatchResult:
+        qps = len(self.latencies) / max(self.wall_s, 1e-12)  # trtexec's throughput: per host wall second
+        info: dict[str, Any] = {
+            "wall_s": self.wall_s,
+            "latency_basis": "host: perf_counter around each inference (trtexec's Latency)",
+            "throughput_basis": "queries per second of host wall time over the measured run (trtexec's Throughput)",
+            **extra,
+        }
+        if self.device:
+            info["device_latency_ms"] = latency_stats(self.device)  # trtexec's GPU Compute Time
+        return BatchResult(
+            batch=batch,
+            iterations=len(self.latencies),
+            latency_ms=latency_stats(self.latencies),
+            throughput_qps=qps,
+            ips=qps * batch,
+            extra=info,
+        )
+
+
+def measure(step: Step, batch: int, config: BenchConfig) -> BatchResult:
+    """Warm up for ``config.warmup_ms``, then call ``step`` until ``config.duration_s`` has passed
+    (and at least ``min_iterations`` times)."""
+    _warm_up(step, config.warmup_ms)
+    samples = _Samples()
+    samples.run(step, config.duration_s, config.min_iterations, config.max_iterations)
+    return samples.result(batch)
 
 
 def run_benchmark(
@@ -142,6 +164,54 @@ def run_benchmark(
         "device": runner.device(),
         "config": asdict(config),
         "results": results,
+    }
+
+
+def run_side_by_side(
+    runners: Mapping[str, Runner],
+    batches: Iterable[int],
+    config: BenchConfig | None = None,
+    rounds: int = 5,
+    model: str = "",
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Benchmark several runners at every batch size, interleaved: each is warmed up, then ``rounds``
+    turns in which every runner runs for ``duration_s / rounds`` (the order reversed every other turn);
+    each one's latencies and wall time are pooled over its turns. A change in the machine's load (another
+    process starting or stopping) then hits all of them alike, so their ratios hold where runs one after
+    the other do not. Returns one :func:`run_benchmark` report per key (the key is its ``precision``)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if not runners:
+        raise ValueError("no runners to benchmark")
+    config = config or BenchConfig()
+    batches = list(batches)
+    names = list(runners)
+    turn_s = config.duration_s / rounds
+    turn_min = math.ceil(config.min_iterations / rounds)
+    turn_max = None if config.max_iterations is None else math.ceil(config.max_iterations / rounds)
+    results: dict[str, list[dict[str, Any]]] = {k: [] for k in names}
+    for b in tqdm(batches, desc="bench side by side", disable=not progress, leave=False):
+        steps = {k: runners[k].prepare(b) for k in names}
+        for k in names:
+            _warm_up(steps[k], config.warmup_ms)
+        samples = {k: _Samples() for k in names}
+        for r in range(rounds):
+            for k in names if r % 2 == 0 else reversed(names):
+                samples[k].run(steps[k], turn_s, turn_min, turn_max)
+        for k in names:
+            extra = {"side_by_side": {"with": [n for n in names if n != k], "rounds": rounds}}
+            results[k].append(asdict(samples[k].result(b, **extra)))
+    return {
+        k: {
+            "backend": runners[k].backend,
+            "model": model,
+            "precision": k,
+            "device": runners[k].device(),
+            "config": {**asdict(config), "rounds": rounds},
+            "results": results[k],
+        }
+        for k in names
     }
 
 

@@ -5,7 +5,7 @@ in input-image pixels, rows ``4:`` are per-class scores after the sigmoid. There
 row. :func:`non_max_suppression` follows upstream YOLOv9's semantics for this head: candidates by
 class score, multi-label (one candidate per (anchor, class) pair above the threshold), a cap of
 ``max_nms`` candidates by score, per-class NMS by offsetting each class's boxes by ``cls * max_wh``
-and a cap of ``max_det`` detections per image.
+(run class by class: the same kept boxes, far less work) and a cap of ``max_det`` detections per image.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import torchvision
 from yolov9_qat.utils.boxes import xywh2xyxy
 
 BoxArray = TypeVar("BoxArray", torch.Tensor, np.ndarray)
+#: from this many candidates on, NMS runs class by class (below, one call is faster: fewer Python steps)
+PER_CLASS_FROM = 1000
 
 
 def non_max_suppression(
@@ -85,9 +87,25 @@ def non_max_suppression(
         order = torch.sort(x[:, 4], descending=True, stable=True).indices[:max_nms]
         x = x[order]
         offsets = x[:, 5:6] * (0.0 if agnostic else float(max_wh))
-        keep = torchvision.ops.nms(x[:, :4] + offsets, x[:, 4], iou_thres)[:max_det]
+        keep = _nms_by_class(x[:, :4] + offsets, x[:, 4], iou_thres, None if agnostic else x[:, 5])[:max_det]
         output.append(x[keep])
     return output
+
+
+def _nms_by_class(
+    boxes: torch.Tensor, scores: torch.Tensor, iou_thres: float, cls: torch.Tensor | None
+) -> torch.Tensor:
+    """``torchvision.ops.nms`` of class-offset boxes sorted by score, run one class at a time: offset
+    boxes of two classes never overlap, so the kept set is the one call's (IoUs computed on the same
+    offset coordinates) while the quadratic work drops by about the number of classes. Returns the
+    kept indices in input order (score descending, input order among equal scores)."""
+    if cls is None or boxes.shape[0] <= PER_CLASS_FROM:
+        return torchvision.ops.nms(boxes, scores, iou_thres)
+    keep = [
+        idx[torchvision.ops.nms(boxes[idx], scores[idx], iou_thres)]
+        for idx in (torch.nonzero(cls == c).view(-1) for c in torch.unique(cls))
+    ]
+    return torch.cat(keep).sort().values if keep else torch.zeros(0, dtype=torch.long, device=boxes.device)
 
 
 def _float_copy(boxes: BoxArray) -> BoxArray:

@@ -185,7 +185,8 @@ class Pipeline:
         return self._step("synth", "synthetic data set", {}, build) / "synth" / "data.yaml"
 
     def trained(self, act: str) -> Path:
-        """``best.pt`` of the yolov9 model trained with activation ``act``."""
+        """The yolov9 model trained with activation ``act``: its final epoch (``--noval``: only that
+        epoch is evaluated, so no weights are chosen by a score on the val images the record reports)."""
         from yolov9_qat.train.trainer import Trainer, TrainOptions
 
         p, data = self.profile, self.data()
@@ -195,6 +196,7 @@ class Pipeline:
                 data=str(data), cfg=p.cfg, activation=act, epochs=p.epochs, batch_size=p.batch_size, img=p.imgsz,
                 hyp=p.hyp, device="cpu", workers=self.workers, project=str(tmp), name="run", exist_ok=True,
                 close_mosaic=p.close_mosaic, seed=p.seed, optimizer=p.optimizer, progress=self.progress, noplots=True,
+                noval=True,
             )  # fmt: skip
             summary = Trainer(opt).run()
             shutil.copy2(summary["weights"], tmp / "best.pt")
@@ -224,14 +226,15 @@ class Pipeline:
 
     def quantize_options(self, run: str, project: Path) -> QuantizeOptions:
         """The options of the record's ``quantize`` run ``run`` (``trt``, ``ort``, ``trt_seed``: placement
-        and recipe) into ``project/run``. Only ``trt`` evaluates Origin and runs the float control; the
-        seed recipe's PTQ is ``trt``'s (same placement, calibration and seed), so it is not evaluated twice."""
+        and recipe) into ``project/run``. Only ``trt`` evaluates Origin and PTQ and runs the float control:
+        the seed recipe's PTQ is ``trt``'s (same placement, calibration and seed) and the ``ort`` PTQ is no
+        row of the record, so neither is evaluated."""
         p = self.profile
         placement, recipe = run_parts(run)
         return replace(
             p.quant, hyp=p.hyp, img=p.imgsz, seed=p.seed, device="cpu", project=str(project), name="run",
             exist_ok=True, workers=self.workers, progress=self.progress, placement=placement,
-            eval_origin=run == "trt", float_control=run == "trt", eval_ptq=recipe == "det",
+            eval_origin=run == "trt", float_control=run == "trt", eval_ptq=run == "trt",
             **RECIPE_OPTIONS[recipe],
         )  # fmt: skip
 
@@ -309,32 +312,41 @@ class Pipeline:
         return json.loads((out / "metrics.json").read_text())
 
     def bench(self, act: str, kind: str) -> dict[str, Any]:
-        """Benchmark report of benchmark row ``kind`` (:data:`BENCH_ROWS`) on ONNX Runtime (this machine)."""
+        """Benchmark report of benchmark row ``kind`` (:data:`BENCH_ROWS`) on ONNX Runtime (this machine),
+        from :meth:`bench_all`."""
+        row = ROW.get(kind)
+        if row is None or row not in BENCH_ROWS:
+            raise ValueError(f"kind must be one of {[r.name for r in BENCH_ROWS]}")
+        return self.bench_all(act)[kind]
+
+    def bench_all(self, act: str) -> dict[str, dict[str, Any]]:
+        """Every benchmark row of one activation on ONNX Runtime, measured side by side (interleaved
+        turns: :func:`~yolov9_qat.bench.harness.run_side_by_side`), so the INT8 / FP32 ratios hold while
+        another process (a second test worker) loads the machine; one report per row."""
         from yolov9_qat.bench.device import cpu_model
-        from yolov9_qat.bench.harness import BenchConfig, run_benchmark
+        from yolov9_qat.bench.harness import BenchConfig, run_side_by_side
         from yolov9_qat.runtime.onnxruntime import OrtModel, OrtRunner
 
-        row = ROW.get(kind)
-        if row is None or row not in BENCH_ROWS or row.onnx is None or row.rewrite is None:
-            raise ValueError(f"kind must be one of {[r.name for r in BENCH_ROWS]}")
-        rewrite = row.rewrite
-        src = self.onnx(act, row.onnx)
         p = self.profile
+        srcs = {r.name: self.onnx(act, r.onnx) for r in BENCH_ROWS if r.onnx and r.rewrite}
 
         def build(tmp: Path) -> None:
-            runner = OrtRunner(OrtModel(src, threads=self.threads, rewrite=rewrite), imgsz=p.imgsz)
+            runners = {
+                k: OrtRunner(OrtModel(src, threads=self.threads, rewrite=ROW[k].rewrite), imgsz=p.imgsz)
+                for k, src in srcs.items()
+            }
             config = BenchConfig(warmup_ms=p.bench_warmup_ms, duration_s=p.bench_duration_s)
-            report = run_benchmark(runner, p.bench_batches, config, model=act, precision=kind, progress=False)
-            _write_json(tmp / "bench.json", report)
+            reports = run_side_by_side(runners, p.bench_batches, config, model=act, progress=False)
+            _write_json(tmp / "bench.json", reports)
 
         key = {
             "act": act,
-            "kind": kind,
-            "from": src.parent.name,
+            "from": {k: src.parent.name for k, src in srcs.items()},
             "machine": cpu_model(),
             "threads": self.threads,
         }
-        out = self._step("bench", f"{act}: benchmark {kind} on ONNX Runtime", key, build)
+        kinds = ", ".join(srcs)
+        out = self._step("bench", f"{act}: benchmark {kinds} side by side on ONNX Runtime", key, build)
         return json.loads((out / "bench.json").read_text())
 
     # --- the record ------------------------------------------------------------------------------
@@ -355,9 +367,10 @@ class Pipeline:
         latency: dict[str, Any] = {}
         raw: dict[str, Any] = {}
         if bench:
+            reports = self.bench_all(act)
             for row in BENCH_ROWS:
                 kind = row.name
-                report = self.bench(act, kind)
+                report = reports[kind]
                 raw[kind] = report
                 if row.latency:
                     latency[kind] = {
