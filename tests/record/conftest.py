@@ -27,20 +27,16 @@ def cpu_record(cpu_pipeline) -> Any:
     return record
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``pytest -n N --dist loadgroup`` all cases of one activation run on one worker, so the
     workers build different activations' artefacts in parallel instead of waiting on one lock. Only this
-    folder's cases: the hook sees the whole session's items, and other modules group their own. The
-    grouped cases go first: xdist hands out groups in this order, so the workers start on the long
-    builds and the many short tests fill the tail (the longest-first rule)."""
+    folder's cases: the hook sees the whole session's items, and other modules group their own. (xdist
+    hands out the groups with the most cases first, so the workers start on these long builds.)"""
     here = Path(__file__).parent
-    grouped = []
     for item in items:
         if here not in item.path.parents:
             continue
         act = getattr(getattr(item, "callspec", None), "params", {}).get("act")
         if act is not None:
             item.add_marker(pytest.mark.xdist_group(f"record-{act}"))
-            grouped.append(item)
-    ids = {id(it) for it in grouped}
-    items[:] = grouped + [it for it in items if id(it) not in ids]

@@ -156,6 +156,15 @@ def test_int8_fp32_latency_ratio_onnxruntime(cpu_record, act: str, kind: str, ba
     )
 
 
+def test_xdist_groups_take_effect(request: pytest.FixtureRequest, act: str) -> None:
+    """Under ``pytest -n N --dist loadgroup`` every case of one activation carries its group, so one
+    worker builds that activation while the other builds another (without it both workers queue on the
+    same activation's file locks: a silent 2x on the cold suite)."""
+    if not getattr(request.config.option, "loadgroup", False):
+        pytest.skip("not under pytest-xdist --dist loadgroup")
+    assert request.node.nodeid.endswith(f"@record-{act}"), request.node.nodeid
+
+
 def test_each_artefact_built_once(cpu_record, record_cache) -> None:
     """Fixtures share artefacts: in this session (all xdist workers together) no artefact was built
     twice, and the record's steps all went through the cache."""
