@@ -157,12 +157,19 @@ def run_benchmark(
         results.append(asdict(measure(runner.prepare(b), b, config)))
         if on_result is not None:
             on_result(results[-1])
+    return _report(runner, model, precision, asdict(config), results)
+
+
+def _report(
+    runner: Runner, model: str, precision: str, config: dict[str, Any], results: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The JSON layout of one benchmarked model (``bench``'s output)."""
     return {
         "backend": runner.backend,
         "model": model,
         "precision": precision,
         "device": runner.device(),
-        "config": asdict(config),
+        "config": config,
         "results": results,
     }
 
@@ -202,17 +209,7 @@ def run_side_by_side(
         for k in names:
             extra = {"side_by_side": {"with": [n for n in names if n != k], "rounds": rounds}}
             results[k].append(asdict(samples[k].result(b, **extra)))
-    return {
-        k: {
-            "backend": runners[k].backend,
-            "model": model,
-            "precision": k,
-            "device": runners[k].device(),
-            "config": {**asdict(config), "rounds": rounds},
-            "results": results[k],
-        }
-        for k in names
-    }
+    return {k: _report(runners[k], model, k, {**asdict(config), "rounds": rounds}, results[k]) for k in names}
 
 
 def parse_batches(text: str | Sequence[int]) -> list[int]:

@@ -311,14 +311,6 @@ class Pipeline:
         out = self._step("ort_eval", f"{act}: evaluate {kind} on ONNX Runtime", key, build)
         return json.loads((out / "metrics.json").read_text())
 
-    def bench(self, act: str, kind: str) -> dict[str, Any]:
-        """Benchmark report of benchmark row ``kind`` (:data:`BENCH_ROWS`) on ONNX Runtime (this machine),
-        from :meth:`bench_all`."""
-        row = ROW.get(kind)
-        if row is None or row not in BENCH_ROWS:
-            raise ValueError(f"kind must be one of {[r.name for r in BENCH_ROWS]}")
-        return self.bench_all(act)[kind]
-
     def bench_all(self, act: str) -> dict[str, dict[str, Any]]:
         """Every benchmark row of one activation on ONNX Runtime, measured side by side (interleaved
         turns: :func:`~yolov9_qat.bench.harness.run_side_by_side`), so the INT8 / FP32 ratios hold while
