@@ -62,6 +62,14 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    """The CPU the figures come from (the CPU baseline names its own: ratios move between CPU models)."""
+    from yolov9_qat.bench.device import cpu_device
+
+    dev = cpu_device(1)
+    return f"cpu: {dev['Device']}, {dev['Logical cores']} logical cores, VNNI {dev['VNNI']}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     unmarked = [it.nodeid for it in items if not ({"cpu", "gpu"} & {m.name for m in it.iter_markers()})]
     if unmarked:

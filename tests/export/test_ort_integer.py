@@ -419,8 +419,12 @@ def test_uint8_activations_and_int8_weight_initializers(s8, inputs, caplog) -> N
             n.op_type == "ConvInteger" for n in base.graph.node
         )
     assert np.array_equal(run(from_init, inputs)["output0"], want["output0"])
-    got = run(from_u8, inputs)["output0"]  # same integers (x + 128, zero point 128)
-    assert np.array_equal(got, want["output0"])
+    # the same integers (x + 128, zero point 128), but ONNX Runtime picks its U8U8 and U8S8 kernels per
+    # CPU: bit-identical on the AMD EPYC, within float rounding of the rescale on an AMX Xeon (0.099 at
+    # most, 5.5 % of the outputs), so the bound of test_outputs_match_qdq_graph
+    got, out = run(from_u8, inputs)["output0"], want["output0"]
+    assert np.abs(got - out).max() <= 2e-3 * np.abs(out).max()
+    assert np.abs(got[:, 4:] - out[:, 4:]).max() <= 1e-3  # class scores (sigmoid)
 
 
 def _grouped_model(
