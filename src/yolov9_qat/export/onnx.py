@@ -10,9 +10,11 @@ TensorRT backends know what they run without the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,6 +150,26 @@ def simplify(proto: onnx.ModelProto) -> onnx.ModelProto:
     return slim if slim is not None else proto
 
 
+@contextlib.contextmanager
+def without_jit_lint() -> Iterator[None]:
+    """TorchScript's graph linter off while the TorchScript exporter runs.
+
+    The exporter re-checks the whole traced graph after each of its passes (10 times); the check only
+    raises on a malformed graph and changes nothing, and it was a third of a Q/DQ gelan-n export (7 of
+    20 s at 64 px). What is written is still checked, by ``onnx.checker``; the exported file is the same
+    byte for byte (``tests/export/test_onnx_export.py``).
+    """
+    lint = getattr(torch._C, "_jit_pass_lint", None)
+    if lint is None:  # a torch without the pass: nothing to skip
+        yield
+        return
+    torch._C._jit_pass_lint = lambda graph: None
+    try:
+        yield
+    finally:
+        torch._C._jit_pass_lint = lint
+
+
 def export_onnx(
     model: DetectionModel, out: str | Path, opts: ExportOptions, precision: str | None = None
 ) -> Path:
@@ -174,7 +196,7 @@ def export_onnx(
     out = Path(out)
 
     def write(tmp: Path) -> None:
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), warnings.catch_warnings(), without_jit_lint():
             warnings.simplefilter("ignore")  # tracer chatter about shapes and Q/DQ
             torch.onnx.export(
                 net, (x,), str(tmp), dynamo=False, opset_version=opts.opset, input_names=[input_name],
