@@ -60,7 +60,7 @@ NMS_PLUGIN_INSTALL = "part of TensorRT (libnvinfer_plugin): reinstall TensorRT w
 #: every check :func:`probe` reports, in its order (``--module`` names come after)
 CHECK_NAMES = (
     "python", "torch", "cuda", "tensorrt", "trt_nms_plugin", "polygraphy", "trtexec", "modelopt",
-    "onnxruntime", "onnx", "onnxslim", "supervision", "tritonclient", "pycocotools", "opencv", "autocast",
+    "onnxruntime", "onnx", "onnxslim", "supervision", "tritonclient", "cocoeval", "opencv", "autocast",
     "pytest", "cpu", "vnni",
 )  # fmt: skip
 #: what ``--strict`` requires when no ``--need`` is given: the base install (``pip install yolov9-qat``)
@@ -71,7 +71,7 @@ CORE = (
     "onnxruntime",
     "onnxslim",
     "modelopt",
-    "pycocotools",
+    "cocoeval",
     "opencv",
     "supervision",
 )
@@ -86,6 +86,9 @@ ALIASES = {
     "ort": "onnxruntime",
     "efficientnms_trt": "trt_nms_plugin",
     "triton": "tritonclient",
+    "pycocotools": "cocoeval",
+    "faster-coco-eval": "cocoeval",
+    "faster_coco_eval": "cocoeval",
 }
 
 
@@ -152,7 +155,9 @@ def import_check(
             warnings.simplefilter("ignore")
             mod = importlib.import_module(module)
         check.status = OK
-        top = sys.modules.get(module.split(".")[0], mod)  # pycocotools.coco's own __version__ is "2.0"
+        top = sys.modules.get(
+            module.split(".")[0], mod
+        )  # a submodule (e.g. tritonclient.grpc): the package's version
         check.version = _module_version(top, *dists)
         if then is not None:
             then(mod, check)
@@ -388,7 +393,9 @@ IMPORTS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
     "tritonclient": (
         "tritonclient", "tritonclient.grpc", 'pip install "yolov9-qat[deploy]"', ("tritonclient",),
     ),
-    "pycocotools": ("pycocotools", "pycocotools.coco", 'pip install "pycocotools>=2.0.7"', ("pycocotools",)),
+    "cocoeval": (
+        "faster-coco-eval", "faster_coco_eval", 'pip install "faster-coco-eval>=1.8"', ("faster-coco-eval",),
+    ),
     "opencv": (
         "OpenCV", "cv2", 'pip install "opencv-python-headless>=4.8"',
         ("opencv-python-headless", "opencv-python"),
@@ -499,7 +506,7 @@ NEED_PHRASE = {
     "torch": "PyTorch",
 }
 
-_EVAL = ("torch", "opencv", "pycocotools")
+_EVAL = ("torch", "opencv", "cocoeval")
 _TRT = ("cuda", "tensorrt", "polygraphy")  # the polygraphy runner (the default); TRT 11 adds autocast
 
 

@@ -298,3 +298,31 @@ def test_plot_pr_curve(tmp_path) -> None:
     assert [p.name for p in out.parent.iterdir()] == ["PR_curve.png"]  # no temp file left behind
     with pytest.raises(ValueError, match="ap_per_class"):
         plot_pr_curve(acc.compute(), None, tmp_path / "x.png")
+
+
+def test_coco_map_is_pycocotools_on_upstreams_predictions(shared_dir) -> None:
+    """``coco_map`` runs faster-coco-eval's ``COCOeval``: on upstream's own ``val_dual.py --save-json``
+    output (23k detections on 300 images) it gives pycocotools' 12 stats and per-class precision, on
+    all images and on a subset."""
+    fixture = shared_dir / "fixtures" / "upstream-val"
+    gt = json.loads((fixture / "data" / "annotations" / "instances_val.json").read_text())
+    dets = json.loads((fixture / "upstream-run" / "val_dual_predictions.json").read_text())
+    ids = {im["file_name"].rsplit(".", 1)[0]: im["id"] for im in gt["images"]}
+    dets = [{**d, "image_id": ids.get(d["image_id"], d["image_id"])} for d in dets]
+    np.testing.assert_array_equal(coco_map(gt, dets)["stats"], direct_cocoeval(gt, dets))
+    subset = sorted(ids.values())[::3]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        e = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), "bbox")
+        e.params.imgIds = subset
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    got = coco_map(gt, dets, img_ids=subset, per_class=True)
+    np.testing.assert_array_equal(got["stats"], e.stats)
+    precision = e.eval["precision"][:, :, :, 0, -1]  # area "all", 100 detections
+    for k, cat in enumerate(e.params.catIds):
+        p = precision[:, :, k]
+        assert got["per_class"][cat] == pytest.approx(float(p[p > -1].mean()), abs=1e-12)

@@ -1,4 +1,4 @@
-"""Backend-agnostic evaluation: a ``predict`` function, a validation set, pycocotools' AP.
+"""Backend-agnostic evaluation: a ``predict`` function, a validation set, COCO AP (COCOeval).
 
 Any backend plugs in as ``predict(images) -> predictions``: ``images`` is a float tensor (B, 3, H, W)
 in [0, 1]; predictions are the detector's decoded output (B, 4 + nc, A) — a torch tensor or a numpy
