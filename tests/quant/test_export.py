@@ -126,7 +126,7 @@ def json_list(value) -> list:
 
 
 @pytest.mark.cpu
-def test_export_without_the_jit_linter_writes_the_same_file(ptq_model, tmp_path) -> None:
+def test_export_without_the_jit_linter_writes_the_same_file(float_model, tmp_path) -> None:
     """``export_onnx`` turns TorchScript's graph linter off (a third of a Q/DQ export's time): the file
     is the same byte for byte as one exported with it on, and the linter is back on afterwards."""
     from unittest import mock
@@ -134,7 +134,7 @@ def test_export_without_the_jit_linter_writes_the_same_file(ptq_model, tmp_path)
     from yolov9_qat.export import onnx as onnx_export
     from yolov9_qat.export.onnx import ExportOptions, export_onnx
 
-    model = copy.deepcopy(ptq_model).eval()
+    model = copy.deepcopy(float_model).eval()
     opts = ExportOptions(imgsz=64, batch=1, simplify=False)
     calls = []
     lint = torch._C._jit_pass_lint
