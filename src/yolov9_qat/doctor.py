@@ -155,9 +155,8 @@ def import_check(
             warnings.simplefilter("ignore")
             mod = importlib.import_module(module)
         check.status = OK
-        top = sys.modules.get(
-            module.split(".")[0], mod
-        )  # a submodule (e.g. tritonclient.grpc): the package's version
+        # a submodule (e.g. tritonclient.grpc) reports its package's version
+        top = sys.modules.get(module.split(".")[0], mod)
         check.version = _module_version(top, *dists)
         if then is not None:
             then(mod, check)

@@ -9,6 +9,7 @@ with the baseline's.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -61,11 +62,17 @@ OTHER_CPU_ACCURACY = (
 )
 
 
-def _on_baselines_cpu(baseline_device: dict) -> tuple[bool, str]:
-    """Whether this CPU is the baseline's model (name and VNNI), and both, in words."""
+@functools.cache
+def _this_cpu() -> dict:
+    """This machine's CPU block (read once per session, not once per case)."""
     from yolov9_qat.bench.device import cpu_device
 
-    here = cpu_device(1)
+    return cpu_device(1)
+
+
+def _on_baselines_cpu(baseline_device: dict) -> tuple[bool, str]:
+    """Whether this CPU is the baseline's model (name and VNNI), and both, in words."""
+    here = _this_cpu()
     base = f"{baseline_device.get('name')} (VNNI {baseline_device.get('vnni')})"
     if here["Device"] == baseline_device.get("name") and here["VNNI"] == baseline_device.get("vnni"):
         return True, f"the baseline's CPU, {base}"
@@ -253,9 +260,7 @@ def test_write_cpu_baseline(cpu_record, activations) -> None:
 
 def test_ratio_slack_is_tighter_on_the_baselines_cpu() -> None:
     """The latency ratio's bound: the tight slack only where the CPU model and VNNI match the baseline's."""
-    from yolov9_qat.bench.device import cpu_device
-
-    here = cpu_device(1)
+    here = _this_cpu()
     assert _ratio_slack({"name": here["Device"], "vnni": here["VNNI"]})[0] == RATIO_SLACK
     other, why = _ratio_slack({"name": "another CPU", "vnni": here["VNNI"]})
     assert other == OTHER_CPU_RATIO_SLACK > RATIO_SLACK and "another CPU" in why

@@ -157,7 +157,7 @@ def without_jit_lint() -> Iterator[None]:
     The exporter re-checks the whole traced graph after each of its passes (10 times); the check only
     raises on a malformed graph and changes nothing, and it was a third of a Q/DQ gelan-n export (7 of
     20 s at 64 px). What is written is still checked, by ``onnx.checker``; the exported file is the same
-    byte for byte (``tests/export/test_onnx_export.py``).
+    byte for byte (``tests/quant/test_export.py``).
     """
     lint = getattr(torch._C, "_jit_pass_lint", None)
     if lint is None:  # a torch without the pass: nothing to skip
