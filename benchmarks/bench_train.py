@@ -13,6 +13,12 @@ synthetic set of seed 0) for each ``--seeds``, and prints our per-epoch losses a
 ``results-seed<S>.csv``, then the means and wall times:
 
     python benchmarks/bench_train.py --parity --seeds 0,1,2 --json-out parity.json
+
+One run's figure moves with the CPU model (upstream's seed 0 reaches AP 0.531 on the fixture's machine and
+0.427 on an Intel Xeon, same code and data), and seeds of one trainer differ by up to 0.1 AP at 6 epochs.
+So run upstream on the same machine and give its ``results.csv`` files (renamed
+``results-seed<S>.csv``) with ``--upstream-dir``; the summary prints each side's seed-to-seed spread and
+the standard error of the gap, so a gap smaller than its noise is not read as a difference.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 import torch
 
 from yolov9_qat import cfg as cfgs
+from yolov9_qat.bench.device import cpu_model
 from yolov9_qat.data.config import load_data_yaml
 from yolov9_qat.data.dataset import create_dataloader
 from yolov9_qat.data.synth import generate
@@ -83,12 +90,18 @@ def parity(args: argparse.Namespace) -> dict:
     run_dir = fx / "upstream-run"
     if not (run_dir / "hyp.sbs.yaml").is_file():
         raise SystemExit(f"bench_train: no upstream fixture at {fx} (--fixture)")
-    data_yaml = args.data or str(generate(Path(args.cache_dir) / "synth", progress=True))
     up_info = json.loads((fx / "expected.json").read_text())["side_by_side_training_6_epochs"]
+    up_dir = Path(args.upstream_dir) if args.upstream_dir else run_dir
     seeds = [int(s) for s in args.seeds.split(",")]
+    missing = [s for s in seeds if not (up_dir / f"results-seed{s}.csv").is_file()]
+    if missing:
+        raise SystemExit(f"bench_train: no upstream results-seed<S>.csv in {up_dir} for seeds {missing}")
+    data_yaml = args.data or str(generate(Path(args.cache_dir) / "synth", progress=True))
     keys = ("train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/mAP_0.5:0.95")
     up_train = up_info["upstream_train_dual"]
     report: dict = {
+        "cpu": cpu_model(),
+        "upstream_logs": str(up_dir),
         "seeds": {},
         "upstream_wall_s": dict(zip(up_train["seeds"], up_train["wall_s"], strict=True)),
     }
@@ -101,7 +114,7 @@ def parity(args: argparse.Namespace) -> dict:
         )  # fmt: skip
         s = Trainer(opt).run()
         ours = _csv_rows(Path(s["save_dir"]) / "results.csv")
-        up = _csv_rows(run_dir / f"results-seed{seed}.csv")
+        up = _csv_rows(up_dir / f"results-seed{seed}.csv")
         print(f"\nseed {seed}: upstream train_dual.py | yolov9-qat train (box, cls, dfl loss; AP@[.5:.95])")
         print("| epoch | up box | up cls | up dfl | up AP | our box | our cls | our dfl | our AP |")
         print("|---|---|---|---|---|---|---|---|---|")
@@ -122,6 +135,7 @@ def parity(args: argparse.Namespace) -> dict:
         "ours_AP": ap_ours,
         "upstream_mean_AP": statistics.mean(ap_up),
         "ours_mean_AP": statistics.mean(ap_ours),
+        **_gap_noise(ap_ours, ap_up),
         "ours_median_wall_s": statistics.median(wall),
         "upstream_median_wall_s_fixture_machine": statistics.median(
             report["upstream_wall_s"][s] for s in seeds if s in report["upstream_wall_s"]
@@ -132,7 +146,30 @@ def parity(args: argparse.Namespace) -> dict:
           f"(ours - upstream {sm['ours_mean_AP'] - sm['upstream_mean_AP']:+.4f}); our median wall "
           f"{sm['ours_median_wall_s']:.0f} s here, upstream's {sm['upstream_median_wall_s_fixture_machine']:.0f} s "
           "on the fixture's machine")  # fmt: skip
+    if "gap_standard_error" in sm:
+        print(f"seed-to-seed spread (sample std): upstream {sm['upstream_std_AP']:.4f}, ours {sm['ours_std_AP']:.4f}; "
+              f"gap {sm['gap']:+.4f} = {sm['gap_in_standard_errors']:+.1f} standard errors "
+              f"({sm['gap_standard_error']:.4f}); upstream's logs from {up_dir}, this CPU: {report['cpu']}")  # fmt: skip
     return report
+
+
+def _gap_noise(ours: list[float], upstream: list[float]) -> dict[str, float]:
+    """Each side's sample standard deviation over seeds, the gap of the means and its (Welch) standard
+    error; nothing where a side has one seed (no spread) or both have none."""
+    if len(ours) < 2 or len(upstream) < 2:
+        return {}
+    sd_o, sd_u = statistics.stdev(ours), statistics.stdev(upstream)
+    se = (sd_o**2 / len(ours) + sd_u**2 / len(upstream)) ** 0.5
+    gap = statistics.mean(ours) - statistics.mean(upstream)
+    if se == 0:
+        return {}
+    return {
+        "ours_std_AP": sd_o,
+        "upstream_std_AP": sd_u,
+        "gap": gap,
+        "gap_standard_error": se,
+        "gap_in_standard_errors": gap / se,
+    }
 
 
 def main() -> None:
@@ -151,6 +188,10 @@ def main() -> None:
     ap.add_argument("--parity", action="store_true", help="side by side with upstream's logs (see above)")
     ap.add_argument("--seeds", default="0,1,2", help="--parity: training seeds")
     ap.add_argument("--fixture", default=str(FIXTURE), help="--parity: the upstream-val fixture folder")
+    ap.add_argument(
+        "--upstream-dir", default="",
+        help="--parity: upstream's results-seed<S>.csv made on this machine (default: the fixture's)",
+    )  # fmt: skip
     args = ap.parse_args()
     if args.parity:
         report = parity(args)
