@@ -61,6 +61,13 @@ CLASS_NAMES: tuple[str, ...] = (
 SPLITS: dict[str, int] = {"train": 0, "val": 1}
 COCO_JSON = "annotations/instances_val.json"
 
+
+def image_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The generator that renders image ``index`` of ``split`` for ``seed``: each image is a function of
+    these three only, so any one can be made again without the others."""
+    return np.random.default_rng([seed, SPLITS[split], index])
+
+
 _SUB = 4  # sub-pixel bits for cv2 drawing
 _SCALE = float(1 << _SUB)
 _TEXTURES = ("solid", "gradient", "stripes", "speckle")
@@ -531,10 +538,10 @@ def generate(
     bar = tqdm(total=n_train + n_val, desc="synthetic data", unit="img", disable=not progress)
     params = [cv2.IMWRITE_JPEG_QUALITY, int(cfg.jpeg_quality)]
     val_records: tuple[list, list, list] = ([], [], [])
-    for split, split_id in SPLITS.items():
+    for split in SPLITS:
         _clear_stale(out, split, counts[split])
         for i in range(counts[split]):
-            rng = np.random.default_rng([seed, split_id, i])
+            rng = image_rng(seed, split, i)
             img, boxes, classes = render_image(rng, imgsz, cfg)
             ok, buf = cv2.imencode(".jpg", img, params)
             if not ok:
