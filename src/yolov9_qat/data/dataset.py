@@ -51,6 +51,10 @@ NUM_THREADS = max(1, min(8, os.cpu_count() or 1))
 COORD_TOLERANCE = 0.01
 #: Smallest image side accepted, in pixels.
 MIN_IMAGE_SIDE = 10
+#: First word of every augmentation stream's seed (``b"aug"``): without it the stream of (seed 0,
+#: epoch 0, image i) was ``default_rng([0, 0, i])``, the very stream that rendered synthetic train image
+#: i, so with the default seeds the first epoch's flips, scales and mosaics followed each image's content
+AUGMENT_STREAM = int.from_bytes(b"aug", "big")
 
 _OK, _CORRUPT, _TRUNCATED = 0, 1, 2
 _PIL_FORMATS = {"BMP", "JPEG", "MPO", "PNG", "TIFF", "WEBP"}
@@ -761,8 +765,10 @@ class YoloDataset(Dataset):
 
     def _get_rng(self, index: int) -> np.random.Generator:
         """The augmentation generator of one sample: a function of (seed, epoch, index) only, so a
-        sample looks the same whatever worker draws it, and a resumed run repeats an uninterrupted one."""
-        return np.random.default_rng([self._seed, int(self._epoch[0]), index])
+        sample looks the same whatever worker draws it, and a resumed run repeats an uninterrupted one.
+        :data:`AUGMENT_STREAM` keeps it apart from every other ``default_rng([seed, i, j])`` stream,
+        above all the one that rendered synthetic image ``j`` of split ``i``."""
+        return np.random.default_rng([AUGMENT_STREAM, self._seed, int(self._epoch[0]), index])
 
     def __len__(self) -> int:
         return self.n
