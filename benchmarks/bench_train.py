@@ -40,7 +40,7 @@ from yolov9_qat.data.synth import generate
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.train.loss import build_loss
 from yolov9_qat.train.optim import build_optimizer
-from yolov9_qat.train.trainer import Trainer, TrainOptions
+from yolov9_qat.train.trainer import MEMORY_FORMAT, Trainer, TrainOptions
 
 
 def compute_only(data: dict, args: argparse.Namespace, n_batches: int = 24) -> float:
@@ -50,12 +50,13 @@ def compute_only(data: dict, args: argparse.Namespace, n_batches: int = 24) -> f
         data["train"], imgsz=args.img, batch_size=args.batch, stride=32, hyp=hyp, augment=True, workers=0,
         shuffle=True, cache_images=True,
     )  # fmt: skip
+    fmt = MEMORY_FORMAT.get("cpu", torch.contiguous_format)  # the trainer's
     batches = []
     for imgs, targets, _, _ in loader:
-        batches.append((imgs.float() / 255, targets))
+        batches.append(((imgs.float() / 255).contiguous(memory_format=fmt), targets))
         if len(batches) == n_batches:
             break
-    model = DetectionModel(args.cfg, nc=len(data["names"])).train()
+    model = DetectionModel(args.cfg, nc=len(data["names"])).train().to(memory_format=fmt)
     opt = build_optimizer(model, args.optimizer, hyp["lr0"], hyp["momentum"], hyp["weight_decay"])
     loss_fn = build_loss(model, hyp)
     n, t = 0, 0.0

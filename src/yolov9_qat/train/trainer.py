@@ -39,6 +39,10 @@ from yolov9_qat.utils.runs import run_dir, select_device
 log = logging.getLogger("yolov9_qat.train")
 
 NBS = 64  # nominal batch size (upstream's; a hyp file may set ``nbs``)
+#: memory format of the model and its input batches while training, per device type: channels-last
+#: convolutions are 18 % faster on one CPU thread (yolov9-n, batch 16 at 160 px: 0.79 -> 0.65 s per
+#: forward + backward; 4 % on two); other devices keep upstream's (contiguous) format
+MEMORY_FORMAT = {"cpu": torch.channels_last}
 
 
 def _dist_env() -> tuple[int, int, int]:
@@ -168,6 +172,8 @@ class Trainer:
         if resume is not None:
             model.load_state_dict(resume["train"]["model_state"])
         model.to(device).train()
+        memory_format = MEMORY_FORMAT.get(device.type, torch.contiguous_format)
+        model.to(memory_format=memory_format)
         if self.main:
             info = model.info()
             log.info(
@@ -281,7 +287,9 @@ class Trainer:
             t0 = time.time()
             for i, (imgs, targets, _, _) in pbar:
                 ni = i + nb * epoch
-                imgs = imgs.to(device, non_blocking=True).float() / 255
+                imgs = (imgs.to(device, non_blocking=True).float() / 255).contiguous(
+                    memory_format=memory_format
+                )
                 warm = schedule.warmup(ni, epoch)
                 if warm is not None:
                     accumulate = warm
