@@ -17,7 +17,8 @@ synthetic set of seed 0) for each ``--seeds``, and prints our per-epoch losses a
 One run's figure moves with the CPU model (upstream's seed 0 reaches AP 0.531 on the fixture's machine and
 0.427 on an Intel Xeon, same code and data), and seeds of one trainer differ by up to 0.1 AP at 6 epochs.
 So run upstream on the same machine and give its ``results.csv`` files (renamed
-``results-seed<S>.csv``) with ``--upstream-dir``; the summary prints each side's seed-to-seed spread and
+``results-seed<S>.csv``, and their wall times as ``wall_s.json``, ``{"<seed>": seconds}``) with
+``--upstream-dir``; the summary prints each side's seed-to-seed spread and
 the standard error of the gap, so a gap smaller than its noise is not read as a difference.
 """
 
@@ -100,11 +101,19 @@ def parity(args: argparse.Namespace) -> dict:
     data_yaml = args.data or str(generate(Path(args.cache_dir) / "synth", progress=True))
     keys = ("train/box_loss", "train/cls_loss", "train/dfl_loss", "metrics/mAP_0.5:0.95")
     up_train = up_info["upstream_train_dual"]
+    walls_here = up_dir / "wall_s.json"  # {"<seed>": seconds} of upstream's runs on this machine, if given
+    if args.upstream_dir and walls_here.is_file():
+        up_walls = {int(k): float(v) for k, v in json.loads(walls_here.read_text()).items()}
+        walls_from = "this machine"
+    else:
+        up_walls = dict(zip(up_train["seeds"], up_train["wall_s"], strict=True))
+        walls_from = "the fixture's machine"
     report: dict = {
         "cpu": cpu_model(),
         "upstream_logs": str(up_dir),
         "seeds": {},
-        "upstream_wall_s": dict(zip(up_train["seeds"], up_train["wall_s"], strict=True)),
+        "upstream_wall_s": up_walls,
+        "upstream_wall_s_from": walls_from,
     }
     for seed in seeds:
         opt = TrainOptions(
@@ -138,15 +147,15 @@ def parity(args: argparse.Namespace) -> dict:
         "ours_mean_AP": statistics.mean(ap_ours),
         **_gap_noise(ap_ours, ap_up),
         "ours_median_wall_s": statistics.median(wall),
-        "upstream_median_wall_s_fixture_machine": statistics.median(
+        "upstream_median_wall_s": statistics.median(
             report["upstream_wall_s"][s] for s in seeds if s in report["upstream_wall_s"]
         ),
     }
     sm = report["summary"]
     print(f"\nmean AP after 6 epochs: upstream {sm['upstream_mean_AP']:.4f}, ours {sm['ours_mean_AP']:.4f} "
           f"(ours - upstream {sm['ours_mean_AP'] - sm['upstream_mean_AP']:+.4f}); our median wall "
-          f"{sm['ours_median_wall_s']:.0f} s here, upstream's {sm['upstream_median_wall_s_fixture_machine']:.0f} s "
-          "on the fixture's machine")  # fmt: skip
+          f"{sm['ours_median_wall_s']:.0f} s here, upstream's {sm['upstream_median_wall_s']:.0f} s "
+          f"on {walls_from}")  # fmt: skip
     if "gap_standard_error" in sm:
         print(f"seed-to-seed spread (sample std): upstream {sm['upstream_std_AP']:.4f}, ours {sm['ours_std_AP']:.4f}; "
               f"gap {sm['gap']:+.4f} = {sm['gap_in_standard_errors']:+.1f} standard errors "
