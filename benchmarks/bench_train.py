@@ -41,7 +41,7 @@ from yolov9_qat.data.synth import generate
 from yolov9_qat.models.yolo import DetectionModel
 from yolov9_qat.train.loss import build_loss
 from yolov9_qat.train.optim import build_optimizer
-from yolov9_qat.train.trainer import MEMORY_FORMAT, Trainer, TrainOptions
+from yolov9_qat.train.trainer import Trainer, TrainOptions, memory_format
 
 
 def compute_only(data: dict, args: argparse.Namespace, n_batches: int = 24) -> float:
@@ -51,7 +51,7 @@ def compute_only(data: dict, args: argparse.Namespace, n_batches: int = 24) -> f
         data["train"], imgsz=args.img, batch_size=args.batch, stride=32, hyp=hyp, augment=True, workers=0,
         shuffle=True, cache_images=True,
     )  # fmt: skip
-    fmt = MEMORY_FORMAT.get("cpu", torch.contiguous_format)  # the trainer's
+    fmt = memory_format("cpu")  # the trainer's
     batches = []
     for imgs, targets, _, _ in loader:
         batches.append(((imgs.float() / 255).contiguous(memory_format=fmt), targets))

@@ -45,6 +45,11 @@ NBS = 64  # nominal batch size (upstream's; a hyp file may set ``nbs``)
 MEMORY_FORMAT = {"cpu": torch.channels_last}
 
 
+def memory_format(device_type: str) -> torch.memory_format:
+    """The training memory format of a device type (:data:`MEMORY_FORMAT`; contiguous elsewhere)."""
+    return MEMORY_FORMAT.get(device_type, torch.contiguous_format)
+
+
 def _dist_env() -> tuple[int, int, int]:
     return (
         int(os.environ.get("RANK", -1)),
@@ -171,9 +176,8 @@ class Trainer:
         model.hyp = hyp
         if resume is not None:
             model.load_state_dict(resume["train"]["model_state"])
-        model.to(device).train()
-        memory_format = MEMORY_FORMAT.get(device.type, torch.contiguous_format)
-        model.to(memory_format=memory_format)
+        fmt = memory_format(device.type)
+        model.to(device, memory_format=fmt).train()
         if self.main:
             info = model.info()
             log.info(
@@ -287,9 +291,7 @@ class Trainer:
             t0 = time.time()
             for i, (imgs, targets, _, _) in pbar:
                 ni = i + nb * epoch
-                imgs = (imgs.to(device, non_blocking=True).float() / 255).contiguous(
-                    memory_format=memory_format
-                )
+                imgs = (imgs.to(device, non_blocking=True).float() / 255).contiguous(memory_format=fmt)
                 warm = schedule.warmup(ni, epoch)
                 if warm is not None:
                     accumulate = warm
