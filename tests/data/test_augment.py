@@ -8,11 +8,13 @@ import pytest
 
 from yolov9_qat.data.augment import (
     DEFAULT_HYP,
+    PIXEL_AUG_P,
     augment_hsv,
     box_candidates,
     letterbox,
     merge_hyp,
     mixup,
+    pixel_augment,
     random_perspective,
     xywhn2xyxy,
     xyxy2xywhn,
@@ -91,6 +93,41 @@ def test_augment_hsv() -> None:
     assert np.array_equal(img, before)  # input untouched
     assert a.shape == img.shape and a.dtype == np.uint8
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+_NONE = dict.fromkeys(PIXEL_AUG_P, 0.0)
+
+
+@pytest.mark.cpu
+def test_pixel_augment_each_transform() -> None:
+    img = cv2.GaussianBlur(np.random.default_rng(2).integers(0, 255, (48, 64, 3), dtype=np.uint8), (0, 0), 1)
+    before = img.copy()
+    rng = np.random.default_rng(0)
+    assert pixel_augment(img, rng, _NONE) is img
+    blurred = pixel_augment(img, np.random.default_rng(0), {**_NONE, "blur": 1.0})
+    assert any(np.array_equal(blurred, cv2.blur(img, (k, k))) for k in (3, 5, 7))
+    median = pixel_augment(img, np.random.default_rng(0), {**_NONE, "median_blur": 1.0})
+    assert any(np.array_equal(median, cv2.medianBlur(img, k)) for k in (3, 5, 7))
+    grey = pixel_augment(img, np.random.default_rng(0), {**_NONE, "gray": 1.0})
+    assert grey.shape == img.shape and (grey == grey[..., :1]).all()
+    assert np.array_equal(grey[..., 0], cv2.cvtColor(img, cv2.COLOR_BGR2GRAY))
+    clahe = pixel_augment(img, np.random.default_rng(0), {**_NONE, "clahe": 1.0})
+    assert clahe.shape == img.shape and clahe.dtype == np.uint8 and not np.array_equal(clahe, img)
+    lab_in, lab_out = (cv2.cvtColor(x, cv2.COLOR_BGR2LAB)[..., 0] for x in (img, clahe))
+    assert lab_out.std() > lab_in.std()  # equalised lightness: more contrast
+    assert np.array_equal(img, before)  # input untouched
+
+
+@pytest.mark.cpu
+def test_pixel_augment_rates() -> None:
+    """Each transform fires with its probability, drawn on its own (binomial bounds, 4 sigma)."""
+    img = np.random.default_rng(3).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    n, fired = 4000, 0
+    rng = np.random.default_rng(1)
+    for _ in range(n):
+        fired += pixel_augment(img, rng) is not img
+    p_any = 1 - np.prod([1 - p for p in PIXEL_AUG_P.values()])
+    assert abs(fired - n * p_any) < 4 * np.sqrt(n * p_any * (1 - p_any)), fired
 
 
 @pytest.mark.cpu

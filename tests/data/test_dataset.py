@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 
+from yolov9_qat.data import augment as augment_mod
 from yolov9_qat.data import dataset as dataset_mod
 from yolov9_qat.data.config import img2label_path, load_data_yaml
 from yolov9_qat.data.dataset import YoloDataset, collect_image_files, create_dataloader, parse_label_text
@@ -404,6 +405,22 @@ def test_augmentation_streams_are_not_the_synthetic_images_streams(tmp_path: Pat
     ds.set_epoch(SPLITS["train"])
     for i in range(3):
         assert not np.array_equal(ds._get_rng(i).random(8), image_rng(0, "train", i).random(8)), i
+
+
+@pytest.mark.cpu
+def test_training_samples_take_the_pixel_augmentations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Grey scale at probability 1 makes every training sample grey (HSV keeps grey grey); evaluation
+    samples never take it."""
+    src = _make_set(tmp_path, n=4)
+    monkeypatch.setitem(augment_mod.PIXEL_AUG_P, "gray", 1.0)
+    train = YoloDataset(src, imgsz=64, augment=True, seed=0)
+    for i in range(4):
+        img = train[i][0]
+        assert (img == img[:1]).all(), i
+    val = YoloDataset(src, imgsz=64)
+    assert any(not (val[i][0] == val[i][0][:1]).all() for i in range(4))
 
 
 @pytest.mark.cpu

@@ -129,6 +129,39 @@ def augment_hsv(
     return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)
 
 
+#: Probabilities of the rare pixel-level augmentations that upstream's training applies through its
+#: optional ``Albumentations`` wrapper (``utils/augmentations.py``), which is on wherever albumentations is
+#: installed, as upstream's package requires it: blur and median blur with an odd kernel of 3 to 7 pixels,
+#: grey scale, and CLAHE on the lightness channel with a clip limit drawn from [1, 4) on an 8 x 8 grid.
+#: Each is drawn on its own, in this order; they change pixels only, never boxes.
+PIXEL_AUG_P: dict[str, float] = {"blur": 0.01, "median_blur": 0.01, "gray": 0.01, "clahe": 0.01}
+
+
+def pixel_augment(img: np.ndarray, rng: np.random.Generator, p: dict[str, float] | None = None) -> np.ndarray:
+    """Blur, median blur, grey scale and CLAHE, each with its probability in ``p`` (default
+    :data:`PIXEL_AUG_P`).
+
+    Returns a new BGR image when one applied, else ``img`` itself. Upstream hands its BGR images to
+    albumentations, which takes them for RGB (so its grey and LAB weights swap red and blue); here the
+    conversions read BGR.
+    """
+    p = PIXEL_AUG_P if p is None else p
+    draws = rng.random(4)
+    if draws[0] < p["blur"]:
+        k = int(rng.choice((3, 5, 7)))
+        img = cv2.blur(img, (k, k))
+    if draws[1] < p["median_blur"]:
+        img = cv2.medianBlur(np.ascontiguousarray(img), int(rng.choice((3, 5, 7))))
+    if draws[2] < p["gray"]:
+        img = cv2.cvtColor(cv2.cvtColor(img, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    if draws[3] < p["clahe"]:
+        lab = cv2.cvtColor(img, cv2.COLOR_BGR2LAB)
+        clahe = cv2.createCLAHE(clipLimit=float(rng.uniform(1.0, 4.0)), tileGridSize=(8, 8))
+        lab[..., 0] = clahe.apply(np.ascontiguousarray(lab[..., 0]))
+        img = cv2.cvtColor(lab, cv2.COLOR_LAB2BGR)
+    return img
+
+
 def box_candidates(
     box1: np.ndarray,
     box2: np.ndarray,

@@ -33,6 +33,7 @@ from yolov9_qat.data.augment import (
     letterbox,
     merge_hyp,
     mixup,
+    pixel_augment,
     random_perspective,
     xywhn2xyxy,
     xyxy2xywhn,
@@ -393,10 +394,11 @@ class YoloDataset(Dataset):
     multiple of ``stride`` that fits with ``pad`` strides of margin, as upstream).
 
     Training (``augment=True``): 4-image mosaic (probability ``hyp['mosaic']``, see :meth:`close_mosaic`),
-    random affine/perspective, mixup of two mosaics, HSV gains and flips, with ``hyp`` keys as upstream's
-    ``hyp.scratch-high.yaml`` (missing keys take those values). Randomness comes from a per-process numpy
-    generator: in a DataLoader worker it is seeded from the worker's torch seed, otherwise from ``seed``
-    (or ``torch.initial_seed()`` when ``seed`` is None).
+    random affine/perspective, mixup of two mosaics, rare blur / grey / CLAHE
+    (:data:`~yolov9_qat.data.augment.PIXEL_AUG_P`), HSV gains and flips, with ``hyp`` keys as upstream's
+    ``hyp.scratch-high.yaml`` (missing keys take those values). Each sample's randomness is its own
+    generator, a function of (``seed``, epoch, index) only (:meth:`_get_rng`; ``seed`` None is 0), so
+    it does not depend on which worker draws the sample.
 
     ``self.labels[i]`` is an ``(n, 5)`` float32 array ``[cls, cx, cy, w, h]`` normalised to the original
     image, ``self.shapes[i]`` the original ``(h, w)``; ``self.stats`` counts what the verification found
@@ -803,6 +805,7 @@ class YoloDataset(Dataset):
         else:
             labels = np.zeros((0, 5), np.float32)
         if rng is not None:
+            img = pixel_augment(img, rng)
             img = augment_hsv(img, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"], rng)
             if rng.random() < hyp["flipud"]:
                 img = img[::-1]
