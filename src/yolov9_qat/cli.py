@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -356,6 +357,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             f"--profile {args.profile} runs on the embedded synthetic data and trains its own models; "
             "--data / --weights are for --profile gpu"
         )
+    if args.jobs < 0:
+        raise UserError(f"--jobs must be 0 (automatic) or a number of processes, not {args.jobs}")
     acts = [a for a in args.activations.split(",") if a] if args.activations else list(ACTIVATIONS)
     overrides = {"threads": args.threads} if args.threads else {}
     profile = get_profile(args.profile, **overrides)
@@ -363,9 +366,10 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     save_dir = run_dir(args.project, args.name, args.exist_ok)
     print(f"reproducing the {profile.name} record for {', '.join(acts)} (cache {cache.root})")
     t0 = time.perf_counter()
-    record = Pipeline(profile, cache, workers=args.workers, progress=not args.no_progress).run(
-        acts, bench=not args.no_bench
-    )
+    pipeline = Pipeline(profile, cache, workers=args.workers, progress=not args.no_progress)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    jobs = args.jobs or max(1, cores // pipeline.threads)
+    record = pipeline.run(acts, bench=not args.no_bench, jobs=jobs)
     record["wall_s"] = time.perf_counter() - t0
     paths = write_report(record, save_dir, title=f"yolov9-qat record ({profile.name} profile)")
     _json_out(args, record)
@@ -676,7 +680,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="steps to rebuild: synth,train,convert,quantize,export,ort_eval,bench or all",
     )
     p.add_argument("--no-bench", action="store_true", help="accuracy only")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: the profile's choice)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: the profile's choice)")
+    p.add_argument(
+        "--jobs", type=int, default=0,
+        help="activations built at once, in their own processes (0: cores // threads); the benchmarks run "
+        "afterwards, alone",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=2, help="data-loader processes")
     p.add_argument("--no-progress", action="store_true")
     _add_run_flags(p, "reproduce")

@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ class Profile:
     bench_batches: tuple[int, ...] = (1, 4, 8)
     bench_duration_s: float = 2.0
     bench_warmup_ms: float = 300.0
-    threads: int = 0  # 0: all cores
+    threads: int = 0  # per process; 0: all cores (reproduce builds cores // threads activations at once)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def key(self) -> dict[str, Any]:
@@ -106,7 +106,7 @@ class Profile:
 
 
 PROFILES: dict[str, Profile] = {
-    "cpu": Profile("cpu"),
+    "cpu": Profile("cpu", threads=1),
     "test": Profile(
         "test", n_train=800, n_val=300, epochs=6, quant=replace(RECORD_QUANT, calib_batches=4, epochs=1, iters=30),
         bench_batches=(1, 4), bench_duration_s=0.5, bench_warmup_ms=100.0, threads=1,
@@ -378,11 +378,49 @@ class Pipeline:
             "qat": summaries["trt"] if "trt" in summaries else self._summary(act),
         }
 
-    def run(self, activations: Iterable[str] = ACTIVATIONS, bench: bool = True) -> dict[str, Any]:
-        """The whole record; returns the dict ``record.json`` holds (baseline schema + extras)."""
+    def build_parallel(self, acts: Sequence[str], jobs: int) -> None:
+        """Every artefact of ``acts`` except the benchmarks, in ``jobs`` processes (one activation each at
+        a time, each on :attr:`threads` threads), so that the record's figures do not depend on ``jobs``.
+
+        The shared synthetic set is built first, here; each step asked to be rebuilt is rebuilt once (by
+        the process that builds it), and the benchmarks are left to the caller, who runs them alone."""
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        from tqdm import tqdm
+
+        self.data()  # once, before the workers share it
+        rebuild = set(STEP_ROOTS) if "all" in self.cache.rebuild else set(self.cache.rebuild)
+        rebuild -= {"synth", "bench"}
+        self.echo(f"building {len(acts)} activations in {jobs} processes, {self.threads} thread(s) each")
+        ctx = mp.get_context("spawn")  # a clean interpreter: no forked torch thread pools or locks
+        with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+            futures = {
+                pool.submit(_build_activation, self.profile, str(self.cache.root), sorted(rebuild), self.workers, a): a
+                for a in acts
+            }  # fmt: skip
+            bar = tqdm(total=len(acts), desc="activations built", unit="act", disable=not self.progress)
+            with bar:
+                for fut in as_completed(futures):
+                    seconds = fut.result()
+                    self.echo(f"  {futures[fut]}: built in {seconds:.0f} s")
+                    bar.update()
+        self.cache.rebuild &= {"bench", "all"}
+        if "all" in self.cache.rebuild:
+            self.cache.rebuild = {"bench"}
+
+    def run(
+        self, activations: Iterable[str] = ACTIVATIONS, bench: bool = True, jobs: int = 1
+    ) -> dict[str, Any]:
+        """The whole record; returns the dict ``record.json`` holds (baseline schema + extras).
+
+        ``jobs > 1`` builds the activations' artefacts in that many processes first
+        (:meth:`build_parallel`); the benchmarks then run here, one graph at a time, alone."""
         from yolov9_qat.bench.device import cpu_device
 
         acts = [canonical_activation(a) for a in activations]
+        if jobs > 1 and len(acts) > 1:
+            self.build_parallel(acts, min(jobs, len(acts)))
         per_act = {}
         for i, act in enumerate(acts, 1):
             self.echo(f"[{i}/{len(acts)}] {act}")
@@ -406,3 +444,18 @@ class Pipeline:
             "profile": self.profile.key(),
         }
         return record
+
+
+def _build_activation(profile: Profile, cache_root: str, rebuild: list[str], workers: int, act: str) -> float:
+    """:meth:`Pipeline.build_parallel`'s work in one process: one activation's artefacts but the
+    benchmarks, its lines prefixed with its name (no progress bars: they would interleave)."""
+    t0 = time.perf_counter()
+    pipe = Pipeline(
+        profile,
+        Cache(cache_root, rebuild),
+        workers,
+        progress=False,
+        echo=lambda m: print(f"[{act}] {m}", flush=True),
+    )
+    pipe.activation_record(act, bench=False)
+    return time.perf_counter() - t0
