@@ -475,7 +475,7 @@ def test_dataloader_workers_and_close_mosaic(tmp_path: Path) -> None:
         shuffle=True,
         seed=1,
     )
-    assert loader.num_workers == 2 and loader.persistent_workers
+    assert loader.num_workers == 2
     mosaic_colours = []
     for imgs, labels, paths, _ in loader:
         assert imgs.shape[1:] == (3, 64, 64) and imgs.dtype == torch.uint8
@@ -483,7 +483,7 @@ def test_dataloader_workers_and_close_mosaic(tmp_path: Path) -> None:
         assert set(labels[:, 0].long().tolist()) <= set(range(imgs.shape[0]))
         mosaic_colours += [_colour_count(im) for im in imgs]
     assert len(mosaic_colours) == 8 and sum(c > 1 for c in mosaic_colours) >= 6
-    ds.close_mosaic()  # must reach the persistent workers
+    ds.close_mosaic()  # must reach the workers
     for imgs, labels, _, shapes in loader:
         assert all(_colour_count(im) == 1 for im in imgs)
         assert all(s is not None for s in shapes)
@@ -571,3 +571,27 @@ def test_load_data_yaml_errors(tmp_path: Path, content, match: str) -> None:
     assert "\n" not in str(e.value)
     with pytest.raises(DataError, match="does not exist"):
         load_data_yaml(tmp_path / "missing.yaml")
+
+
+@pytest.mark.cpu
+def test_epoch_order_does_not_depend_on_workers(tmp_path: Path) -> None:
+    """The trainer reseeds the loader's generator every epoch: the batches of every epoch, not only
+    the first, must be the same with and without worker processes (reproduce trains with 2, the
+    suite with 0, over one cache whose keys do not hold the number)."""
+    for i in range(12):
+        _image(tmp_path / "images" / "train" / f"{i}.png", 32, 32)
+        _label(tmp_path / "labels" / "train" / f"{i}.txt", "0 0.5 0.5 0.5 0.5\n")
+
+    def orders(workers: int) -> list[list[str]]:
+        loader, _ = create_dataloader(
+            tmp_path / "images" / "train", 32, 12, 32, workers=workers, shuffle=True, seed=3
+        )
+        out = []
+        for epoch in range(3):
+            loader.generator.manual_seed(3 * 100_003 + epoch)
+            out.append([Path(p).stem for _, _, paths, _ in loader for p in paths])
+        return out
+
+    without, with_workers = orders(0), orders(2)
+    assert len({tuple(o) for o in without}) == 3  # the epochs do shuffle
+    assert with_workers == without

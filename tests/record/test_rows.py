@@ -46,6 +46,8 @@ def test_pipeline_and_gpu_record_take_their_rows_from_the_table() -> None:
     }  # fmt: skip
     assert set(pipeline.ONNX_KINDS) == {"fp32", "int8", "int8seed", "int8_e2e", "int8ort"}
     assert pipeline.RUNS == ("trt", "trt_seed", "ort")
+    # build_parallel schedules every QAT run the rows need, each once
+    assert sorted(pipeline.QAT_RUNS) == sorted({r for r in pipeline.RUN_OF.values() if r})
     assert run_parts("trt_seed") == ("trt", "seed") and run_parts("ort") == ("ort", "det")
     assert all(run_name(*run_parts(r)) == r for r in pipeline.RUNS)
     assert {r.name: (r.onnx, r.rewrite) for r in pipeline.BENCH_ROWS} == {

@@ -866,7 +866,7 @@ def create_dataloader(
     ``rank != -1`` uses a :class:`DistributedSampler` over ``world_size`` replicas (default: the
     initialised process group's size; call ``loader.sampler.set_epoch(epoch)`` every epoch). The
     loader's generator is seeded with ``seed + max(rank, 0)``, so shuffling and augmentation repeat for
-    a seed. Workers persist across epochs; ``pin_memory`` is on only when CUDA is available.
+    a seed, whatever the number of workers (they start afresh every epoch: see below); ``pin_memory`` is on only when CUDA is available.
     ``rect`` (evaluation) keeps the data set's aspect-ratio order, so it turns ``shuffle`` off.
     """
     if rect and shuffle:
@@ -904,6 +904,9 @@ def create_dataloader(
         collate_fn=YoloDataset.collate_fn,
         worker_init_fn=_worker_init,
         generator=generator,
-        persistent_workers=workers > 0,
+        # not persistent: a persistent iterator skips the base-seed draw that every new iterator takes
+        # from ``generator`` before the sampler's, so from epoch 2 on the order would depend on
+        # ``workers > 0`` (and a cached record on a flag its key does not hold)
+        persistent_workers=False,
     )
     return loader, dataset

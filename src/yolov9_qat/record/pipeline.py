@@ -43,6 +43,16 @@ RUN_OF: dict[str, str | None] = {r.onnx: r.run for r in (*EVAL_ROWS, *BENCH_ROWS
 ONNX_KINDS: tuple[str, ...] = tuple(RUN_OF)
 #: the QAT runs whose summaries hold the PyTorch rows (``trt`` first: it holds Origin and the control)
 RUNS: tuple[str, ...] = tuple(dict.fromkeys(r.run for r in EVAL_ROWS if r.summary and r.run))
+#: the ONNX graphs evaluated on ONNX Runtime (the others are only benchmarked)
+EVAL_KINDS: frozenset[str] = frozenset(r.onnx for r in EVAL_ROWS if r.onnx)
+#: every QAT run the record makes, longest first (measured: ``trt`` also runs the float control, ``ort``
+#: quantizes more tensors); :meth:`Pipeline.build_parallel` starts them in this order
+QAT_RUNS: tuple[str, ...] = ("trt", "ort", "trt_seed")
+#: the cached steps each part of :meth:`Pipeline.build_part` builds (True: the float model's part)
+PART_STEPS: dict[bool, frozenset[str]] = {
+    True: frozenset({"train", "convert", "export", "ort_eval"}),
+    False: frozenset({"quantize", "export", "ort_eval"}),
+}
 METRIC_KEYS = ("AP", "AP50", "precision", "recall")
 #: the modules each step runs: their import closure keys the step's artefacts (:func:`code_version`)
 STEP_ROOTS: dict[str, tuple[str, ...]] = {
@@ -378,33 +388,72 @@ class Pipeline:
             "qat": summaries["trt"] if "trt" in summaries else self._summary(act),
         }
 
-    def build_parallel(self, acts: Sequence[str], jobs: int) -> None:
-        """Every artefact of ``acts`` except the benchmarks, in ``jobs`` processes (one activation each at
-        a time, each on :attr:`threads` threads), so that the record's figures do not depend on ``jobs``.
+    def build_part(self, act: str, run: str | None) -> None:
+        """One part of an activation's artefacts, the unit :meth:`build_parallel` schedules: ``run``
+        None: the trained and reparameterized float model; a QAT run (:data:`QAT_RUNS`): that run.
+        Then the ONNX graphs made from it (:data:`RUN_OF`), evaluated on ONNX Runtime where a row is."""
+        if run is None:
+            self.converted(act)
+        else:
+            self.quantized(act, run)
+        for kind in (k for k, r in RUN_OF.items() if r == run):
+            if kind in EVAL_KINDS:
+                self.ort_metrics(act, kind)
+            else:
+                self.onnx(act, kind)
 
-        The shared synthetic set is built first, here; each step asked to be rebuilt is rebuilt once (by
-        the process that builds it), and the benchmarks are left to the caller, who runs them alone."""
+    def build_parallel(self, acts: Sequence[str], jobs: int) -> None:
+        """Every artefact of ``acts`` except the benchmarks, in ``jobs`` processes, each on
+        :attr:`threads` threads (so the record's figures do not depend on ``jobs``).
+
+        The work is split into parts (:meth:`build_part`: one float model, or one QAT run of it) and
+        scheduled as they become ready: the float models first (each QAT run waits for its own), then
+        the QAT runs, longest first, so no core idles while one activation finishes alone. The shared
+        synthetic set is built first, here; each step asked to be rebuilt is rebuilt once (by the part
+        that owns it: :data:`PART_STEPS`), and the benchmarks are left to the caller, who runs them
+        alone."""
         import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
         from tqdm import tqdm
 
         self.data()  # once, before the workers share it
         rebuild = set(STEP_ROOTS) if "all" in self.cache.rebuild else set(self.cache.rebuild)
         rebuild -= {"synth", "bench"}
+        # float models before QAT runs, activations in order, the longest QAT run of each first
+        todo: list[tuple[str, str | None]] = [(a, None) for a in acts] + [
+            (a, r) for r in QAT_RUNS for a in acts
+        ]
+        floats_done: set[str] = set()
+        running: dict[Future[float], tuple[str, str | None]] = {}
         self.echo(f"building {len(acts)} activations in {jobs} processes, {self.threads} thread(s) each")
         ctx = mp.get_context("spawn")  # a clean interpreter: no forked torch thread pools or locks
-        with ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-            futures = {
-                pool.submit(_build_activation, self.profile, str(self.cache.root), sorted(rebuild), self.workers, a): a
-                for a in acts
-            }  # fmt: skip
-            bar = tqdm(total=len(acts), desc="activations built", unit="act", disable=not self.progress)
-            with bar:
-                for fut in as_completed(futures):
+        bar = tqdm(total=len(todo), desc="parts built", unit="part", disable=not self.progress)
+        with ProcessPoolExecutor(jobs, mp_context=ctx) as pool, bar:
+
+            def submit_ready() -> None:
+                while len(running) < jobs:
+                    ready = next((p for p in todo if p[1] is None or p[0] in floats_done), None)
+                    if ready is None:
+                        return
+                    todo.remove(ready)
+                    owned = sorted(rebuild & PART_STEPS[ready[1] is None])
+                    fut = pool.submit(
+                        _build_part, self.profile, str(self.cache.root), owned, self.workers, *ready
+                    )
+                    running[fut] = ready
+
+            submit_ready()
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    act, run = running.pop(fut)
                     seconds = fut.result()
-                    self.echo(f"  {futures[fut]}: built in {seconds:.0f} s")
+                    self.echo(f"  {act} {run or 'float'}: built in {seconds:.0f} s")
                     bar.update()
+                    if run is None:
+                        floats_done.add(act)
+                submit_ready()
         self.cache.rebuild &= {"bench", "all"}
         if "all" in self.cache.rebuild:
             self.cache.rebuild = {"bench"}
@@ -446,9 +495,11 @@ class Pipeline:
         return record
 
 
-def _build_activation(profile: Profile, cache_root: str, rebuild: list[str], workers: int, act: str) -> float:
-    """:meth:`Pipeline.build_parallel`'s work in one process: one activation's artefacts but the
-    benchmarks, its lines prefixed with its name (no progress bars: they would interleave)."""
+def _build_part(
+    profile: Profile, cache_root: str, rebuild: list[str], workers: int, act: str, run: str | None
+) -> float:
+    """:meth:`Pipeline.build_parallel`'s work in one process: :meth:`Pipeline.build_part`, its lines
+    prefixed with the activation's name (no progress bars: they would interleave)."""
     t0 = time.perf_counter()
     pipe = Pipeline(
         profile,
@@ -457,5 +508,5 @@ def _build_activation(profile: Profile, cache_root: str, rebuild: list[str], wor
         progress=False,
         echo=lambda m: print(f"[{act}] {m}", flush=True),
     )
-    pipe.activation_record(act, bench=False)
+    pipe.build_part(act, run)
     return time.perf_counter() - t0
