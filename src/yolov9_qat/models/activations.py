@@ -46,13 +46,10 @@ class _Maximum(torch.autograd.Function):
 def maximum(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``torch.max(a, b)``; while gradients are recorded (training, QAT) through :class:`_Maximum`.
     Exports and traces see the plain op (ONNX ``Max``)."""
-    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad) and not _tracing():
+    tracing = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad) and not tracing:
         return _Maximum.apply(a, b)
     return torch.max(a, b)
-
-
-def _tracing() -> bool:
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 class FReLU(nn.Module):
