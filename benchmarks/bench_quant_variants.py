@@ -8,16 +8,22 @@ record cache, built when missing). A variant changes the named quantize options 
 * ``--head-float``: the detect head's last 1x1 convs float (upstream's tools) against INT8 in / float out;
 * ``--calib max,percentile,mse,entropy``: one run per calibration method;
 * ``--seed-recipe``: the published record's recipe (feature MSE alone, ``det_loss_weight 0``, MSE calibration)
-  beside ours (feature MSE plus the detection loss).
+  beside ours (feature MSE plus the detection loss);
+* ``--qat-seeds 1,2,3``: the record's own run (ours, with its float control) again with other QAT seeds
+  (calibration batches, data order and augmentations all follow the seed): each run's quantization cost,
+  INT8 minus its own float control, and over the seeds its mean, sample standard deviation and standard
+  error, which say how far one run's cost may land from the true one by chance.
 
     python benchmarks/bench_quant_variants.py --head-float --ort --json-out head_float.json
     python benchmarks/bench_quant_variants.py --calib max,percentile,mse,entropy --json-out calib.json
+    python benchmarks/bench_quant_variants.py --profile cpu --activations FReLU,AconC --qat-seeds 1,2,3,4
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +53,10 @@ def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         out.update(
             {"qat_det (ours)": {}, "qat (seed recipe)": {"det_loss_weight": 0.0, "calib_method": "mse"}}
         )
+    if args.qat_seeds:
+        profile_seed = get_profile(args.profile).seed  # the record's QAT seed: its own run, from the cache
+        for seed in (int(s) for s in args.qat_seeds.split(",") if s):
+            out[f"qat_seed_{seed}"] = {} if seed == profile_seed else {"seed": seed, "float_control": True}
     return out
 
 
@@ -66,9 +76,7 @@ def run(args: argparse.Namespace) -> dict:
                     folder = Path(tmp) / act / name.split()[0]
                     opts = replace(
                         pipe.quantize_options("trt", folder),
-                        eval_origin=False,
-                        float_control=False,
-                        **overrides,
+                        **{"eval_origin": False, "float_control": False, **overrides},
                     )
                     s = quantize(pipe.converted(act), pipe.data(), opts)
                     ort = None
@@ -77,12 +85,38 @@ def run(args: argparse.Namespace) -> dict:
                         ort = _pick(pipe.evaluate_onnx(onnx))
                 rows[act][name] = {
                     "ptq": _pick(s["ptq"]), "qat_pytorch": _pick(s["best"]), "qat_onnxruntime": ort,
-                    "best_epoch": s["best"]["epoch"], "options": overrides,
+                    "origin_ft": _pick(s.get("origin_ft")), "best_epoch": s["best"]["epoch"],
+                    "options": overrides,
                 }  # fmt: skip
                 r = rows[act][name]
+                cost = (r["qat_pytorch"]["AP"] - r["origin_ft"]["AP"]) if r["origin_ft"] else None
                 print(f"{act:6} {name:18} PTQ {r['ptq']['AP']:.4f}  QAT {r['qat_pytorch']['AP']:.4f}"
-                      + (f"  ORT {ort['AP']:.4f}" if ort else ""), flush=True)  # fmt: skip
-    return {"profile": args.profile, "rows": rows}
+                      + (f"  ORT {ort['AP']:.4f}" if ort else "")
+                      + (f"  control {r['origin_ft']['AP']:.4f}  cost {cost:+.4f}" if cost is not None else ""),
+                      flush=True)  # fmt: skip
+    return {"profile": args.profile, "rows": rows, "cost_over_seeds": cost_over_seeds(rows)}
+
+
+def cost_over_seeds(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per activation, the quantization cost (QAT AP minus its float control's) of each ``qat_seed_*``
+    run, and their mean, sample standard deviation and standard error of the mean (two runs or more)."""
+    out: dict[str, dict[str, Any]] = {}
+    for act, per in rows.items():
+        costs = {
+            name.removeprefix("qat_seed_"): r["qat_pytorch"]["AP"] - r["origin_ft"]["AP"]
+            for name, r in per.items()
+            if name.startswith("qat_seed_") and r["origin_ft"]
+        }
+        if len(costs) < 2:
+            continue
+        sd = statistics.stdev(costs.values())
+        out[act] = {
+            "costs": costs,
+            "mean": statistics.mean(costs.values()),
+            "std": sd,
+            "standard_error": sd / len(costs) ** 0.5,
+        }
+    return out
 
 
 def markdown(result: dict) -> str:
@@ -97,6 +131,13 @@ def markdown(result: dict) -> str:
             for key in ("ptq", "qat_pytorch", "qat_onnxruntime"):
                 cells.append(f"{r[key]['AP']:.4f}" if r[key] else "-")
         lines.append(f"| {act} | " + " | ".join(cells) + " |")
+    spread = result.get("cost_over_seeds") or {}
+    if spread:
+        lines += ["", "| activation | cost per QAT seed (INT8 - float control, AP) | mean | std | standard error |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for act, c in spread.items():
+            per = ", ".join(f"{k}: {v:+.4f}" for k, v in c["costs"].items())
+            lines.append(f"| {act} | {per} | {c['mean']:+.4f} | {c['std']:.4f} | {c['standard_error']:.4f} |")
     return "\n".join(lines)
 
 
@@ -110,6 +151,9 @@ def main() -> None:
     )
     ap.add_argument("--seed-recipe", action="store_true", help="the published recipe against ours")
     ap.add_argument(
+        "--qat-seeds", default="", help="QAT seeds, one run each with its float control (the cost's noise)"
+    )
+    ap.add_argument(
         "--ort", action="store_true", help="also export each QAT model and evaluate it on ONNX Runtime"
     )
     ap.add_argument("--cache-dir", default="", help="record cache (default: the record's)")
@@ -117,7 +161,7 @@ def main() -> None:
     ap.add_argument("--json-out", default="")
     args = ap.parse_args()
     if not variants(args):
-        ap.error("choose --head-float, --calib METHODS and/or --seed-recipe")
+        ap.error("choose --head-float, --calib METHODS, --seed-recipe and/or --qat-seeds SEEDS")
     result = run(args)
     print(markdown(result))
     if args.json_out:
