@@ -14,8 +14,9 @@ synthetic set of seed 0) for each ``--seeds``, and prints our per-epoch losses a
 
     python benchmarks/bench_train.py --parity --seeds 0,1,2 --json-out parity.json
 
-One run's figure moves with the CPU model (upstream's seed 0 reaches AP 0.531 on the fixture's machine and
-0.427 on an Intel Xeon, same code and data), and seeds of one trainer differ by up to 0.1 AP at 6 epochs.
+One run's figure moves with the CPU model (upstream's seed 0 reaches AP 0.531 on the fixture's machine,
+0.427 on an Intel Xeon and 0.394 on an AMD EPYC, same code and data), and seeds of one trainer differ by up
+to 0.1 AP at 6 epochs.
 So run upstream on the same machine and give its ``results.csv`` files (renamed
 ``results-seed<S>.csv``, and their wall times as ``wall_s.json``, ``{"<seed>": seconds}``) with
 ``--upstream-dir``; the summary prints each side's seed-to-seed spread and
