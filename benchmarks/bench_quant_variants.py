@@ -17,6 +17,9 @@ record cache, built when missing). A variant changes the named quantize options 
     python benchmarks/bench_quant_variants.py --head-float --ort --json-out head_float.json
     python benchmarks/bench_quant_variants.py --calib max,percentile,mse,entropy --json-out calib.json
     python benchmarks/bench_quant_variants.py --profile cpu --activations FReLU,AconC --qat-seeds 1,2,3,4
+    python benchmarks/bench_quant_variants.py --profile cpu --activations ReLU --qat-seeds 1,2 --iters 80
+
+``--iters N`` runs every variant with N QAT iterations per epoch instead of the profile's.
 """
 
 from __future__ import annotations
@@ -56,7 +59,10 @@ def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.qat_seeds:
         profile_seed = get_profile(args.profile).seed  # the record's QAT seed: its own run, from the cache
         for seed in (int(s) for s in args.qat_seeds.split(",") if s):
-            out[f"qat_seed_{seed}"] = {} if seed == profile_seed else {"seed": seed, "float_control": True}
+            own = seed == profile_seed and not args.iters
+            out[f"qat_seed_{seed}"] = {} if own else {"seed": seed, "float_control": True}
+    if args.iters:  # another schedule for every variant: none is the record's cached run any more
+        out = {name: {**o, "iters": args.iters} for name, o in out.items()}
     return out
 
 
@@ -152,6 +158,9 @@ def main() -> None:
     ap.add_argument("--seed-recipe", action="store_true", help="the published recipe against ours")
     ap.add_argument(
         "--qat-seeds", default="", help="QAT seeds, one run each with its float control (the cost's noise)"
+    )
+    ap.add_argument(
+        "--iters", type=int, default=0, help="QAT iterations per epoch for every variant (0: the profile's)"
     )
     ap.add_argument(
         "--ort", action="store_true", help="also export each QAT model and evaluate it on ONNX Runtime"
