@@ -12,7 +12,8 @@ record cache, built when missing). A variant changes the named quantize options 
 * ``--qat-seeds 1,2,3``: the record's own run (ours, with its float control) again with other QAT seeds
   (calibration batches, data order and augmentations all follow the seed): each run's quantization cost,
   INT8 minus its own float control, and over the seeds its mean, sample standard deviation and standard
-  error, which say how far one run's cost may land from the true one by chance.
+  error, which say how far one run's cost may land from the true one by chance; ``--recipe seed`` repeats
+  the seed recipe instead (its control is Origin; every seed runs afresh, seed 0 must give the record's).
 
     python benchmarks/bench_quant_variants.py --head-float --ort --json-out head_float.json
     python benchmarks/bench_quant_variants.py --calib max,percentile,mse,entropy --json-out calib.json
@@ -35,7 +36,7 @@ from typing import Any
 from yolov9_qat.models.activations import ACTIVATIONS
 from yolov9_qat.quant.pipeline import quantize
 from yolov9_qat.record.cache import Cache
-from yolov9_qat.record.pipeline import Pipeline, get_profile
+from yolov9_qat.record.pipeline import RECIPE_OPTIONS, Pipeline, get_profile
 
 KEYS = ("AP", "AP50", "precision", "recall")
 
@@ -59,6 +60,9 @@ def variants(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     if args.qat_seeds:
         profile_seed = get_profile(args.profile).seed  # the record's QAT seed: its own run, from the cache
         for seed in (int(s) for s in args.qat_seeds.split(",") if s):
+            if args.recipe == "seed":  # run afresh, seed 0 too: it must give the record's trt_seed figures
+                out[f"qat_seed_{seed}"] = {"seed": seed, **RECIPE_OPTIONS["seed"]}
+                continue
             own = seed == profile_seed and not args.iters
             out[f"qat_seed_{seed}"] = {} if own else {"seed": seed, "float_control": True}
     if args.iters:  # another schedule for every variant: none is the record's cached run any more
@@ -74,6 +78,8 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for act in [a for a in args.activations.split(",") if a]:
             rows[act] = {}
+            # the seed recipe's control is Origin itself (the record's trt run evaluates it)
+            origin = json.loads((pipe.quantized(act) / "summary.json").read_text())["origin"]
             for name, overrides in variants(args).items():
                 if not overrides:  # the record's own run: its cached artefacts
                     s = json.loads((pipe.quantized(act) / "summary.json").read_text())
@@ -89,29 +95,37 @@ def run(args: argparse.Namespace) -> dict:
                     if args.ort:
                         onnx = pipe.export_file(Path(s["weights_out"]["qat_best"]), folder / "qat.onnx")
                         ort = _pick(pipe.evaluate_onnx(onnx))
+                seed_recipe = name.startswith("qat_seed_") and args.recipe == "seed"
                 rows[act][name] = {
                     "ptq": _pick(s["ptq"]), "qat_pytorch": _pick(s["best"]), "qat_onnxruntime": ort,
-                    "origin_ft": _pick(s.get("origin_ft")), "best_epoch": s["best"]["epoch"],
+                    "control": _pick(origin if seed_recipe else s.get("origin_ft")),
+                    "control_row": "origin" if seed_recipe else "origin_ft", "best_epoch": s["best"]["epoch"],
                     "options": overrides,
                 }  # fmt: skip
                 r = rows[act][name]
-                cost = (r["qat_pytorch"]["AP"] - r["origin_ft"]["AP"]) if r["origin_ft"] else None
+                cost = (r["qat_pytorch"]["AP"] - r["control"]["AP"]) if r["control"] else None
                 print(f"{act:6} {name:18} PTQ {r['ptq']['AP']:.4f}  QAT {r['qat_pytorch']['AP']:.4f}"
                       + (f"  ORT {ort['AP']:.4f}" if ort else "")
-                      + (f"  control {r['origin_ft']['AP']:.4f}  cost {cost:+.4f}" if cost is not None else ""),
+                      + (f"  {r['control_row']} {r['control']['AP']:.4f}  cost {cost:+.4f}" if cost is not None else ""),
                       flush=True)  # fmt: skip
-    return {"profile": args.profile, "rows": rows, "cost_over_seeds": cost_over_seeds(rows)}
+    return {
+        "profile": args.profile,
+        "recipe": args.recipe,
+        "rows": rows,
+        "cost_over_seeds": cost_over_seeds(rows),
+    }
 
 
 def cost_over_seeds(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per activation, the quantization cost (QAT AP minus its float control's) of each ``qat_seed_*``
-    run, and their mean, sample standard deviation and standard error of the mean (two runs or more)."""
+    """Per activation, the quantization cost (QAT AP minus its float control's: Origin fine-tuned for
+    ours, Origin for the seed recipe) of each ``qat_seed_*`` run, and their mean, sample standard deviation
+    and standard error of the mean (two runs or more)."""
     out: dict[str, dict[str, Any]] = {}
     for act, per in rows.items():
         costs = {
-            name.removeprefix("qat_seed_"): r["qat_pytorch"]["AP"] - r["origin_ft"]["AP"]
+            name.removeprefix("qat_seed_"): r["qat_pytorch"]["AP"] - r["control"]["AP"]
             for name, r in per.items()
-            if name.startswith("qat_seed_") and r["origin_ft"]
+            if name.startswith("qat_seed_") and r["control"]
         }
         if len(costs) < 2:
             continue
@@ -159,6 +173,11 @@ def main() -> None:
     ap.add_argument(
         "--qat-seeds", default="", help="QAT seeds, one run each with its float control (the cost's noise)"
     )
+    ap.add_argument(
+        "--recipe", default="det", choices=["det", "seed"],
+        help="--qat-seeds: the recipe the runs repeat: ours (det, control Origin fine-tuned) or the seed's "
+        "(feature MSE alone, control Origin)",
+    )  # fmt: skip
     ap.add_argument(
         "--iters", type=int, default=0, help="QAT iterations per epoch for every variant (0: the profile's)"
     )
