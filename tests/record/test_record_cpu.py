@@ -66,25 +66,9 @@ OTHER_CPU_ACCURACY = (
 @functools.cache
 def _this_cpu() -> dict:
     """This machine's CPU block (read once per session, not once per case), with its generation."""
-    from yolov9_qat.bench.device import cpu_device
+    from yolov9_qat.bench.device import cpu_device, cpu_generation
 
-    return {**cpu_device(1), "generation": _cpu_generation()}
-
-
-def _cpu_generation() -> str:
-    """``family F model M`` from ``/proc/cpuinfo`` ("" where it does not say): a marketing name such as
-    "AMD EPYC" (what a VM shows) covers several generations, whose kernels round differently."""
-    info = Path("/proc/cpuinfo")
-    fields: dict[str, str] = {}
-    if info.is_file():
-        for line in info.read_text(errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            key = key.strip().lower()
-            if key in ("cpu family", "model") and key not in fields:
-                fields[key] = value.strip()
-    if len(fields) < 2:
-        return ""
-    return f"family {fields['cpu family']} model {fields['model']}"
+    return {**cpu_device(1), "generation": cpu_generation()}
 
 
 def _on_baselines_cpu(baseline_device: dict) -> tuple[bool, str]:
@@ -302,7 +286,7 @@ def test_reproduce_rejects_negative_jobs(tmp_path: Path) -> None:
 )
 def test_write_cpu_baseline(cpu_record, activations) -> None:
     """``pytest -m cpu --update-baselines -k write_cpu_baseline``: record this machine's CPU baseline."""
-    from yolov9_qat.bench.device import cpu_device
+    from yolov9_qat.bench.device import cpu_device, cpu_generation
 
     recs = {a: cpu_record(a) for a in activations}
     dev = cpu_device(PROFILE.threads or 1)
@@ -315,7 +299,7 @@ def test_write_cpu_baseline(cpu_record, activations) -> None:
             "name": dev["Device"],
             "threads": dev["Threads"],
             "vnni": dev["VNNI"],
-            "generation": _cpu_generation(),
+            "generation": cpu_generation(),
             "host": os.uname().nodename,
         },
         CPU_BASELINE,
@@ -349,12 +333,14 @@ def test_cpu_generation_is_read_where_cpuinfo_says_it() -> None:
     not: the accuracy cases run only where training rounds as on the baseline's CPU."""
     import re
 
+    from yolov9_qat.bench.device import cpu_generation
+
     info = Path("/proc/cpuinfo")
     text = info.read_text(errors="replace") if info.is_file() else ""
     if "cpu family" not in text:
-        assert _cpu_generation() == ""
+        assert cpu_generation() == ""
         return
-    assert re.fullmatch(r"family \S+ model \S+", _cpu_generation()), _cpu_generation()
+    assert re.fullmatch(r"family \S+ model \S+", cpu_generation()), cpu_generation()
     here = _this_cpu()
     assert not _on_baselines_cpu({"name": here["Device"], "vnni": here["VNNI"], "generation": "x"})[0]
 

@@ -8,23 +8,34 @@ from pathlib import Path
 from typing import Any
 
 
-def cpu_model() -> str:
-    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+def _cpuinfo() -> dict[str, str]:
+    """The first value of each key of ``/proc/cpuinfo`` (keys lower-cased; empty where there is none)."""
     info = Path("/proc/cpuinfo")
+    fields: dict[str, str] = {}
     if info.is_file():
         for line in info.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip().lower(), value.strip())
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> set[str]:
-    info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text(errors="replace").splitlines():
-            if line.lower().startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    return set()
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def cpu_generation() -> str:
+    """``family F model M`` from ``/proc/cpuinfo`` ("" where it does not say): a marketing name such as
+    "AMD EPYC" (what a VM shows) covers several generations, whose kernels round differently."""
+    fields = _cpuinfo()
+    if "cpu family" not in fields or "model" not in fields:
+        return ""
+    return f"family {fields['cpu family']} model {fields['model']}"
 
 
 def cpu_device(threads: int) -> dict[str, Any]:
